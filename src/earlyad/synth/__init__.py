@@ -1,0 +1,1 @@
+"""Synthetic data for the demo: T1 scans with known atrophy, built from a real brain template."""
