@@ -56,7 +56,7 @@ def test_unusable_scans_are_excluded_with_a_reason(tmp_path):
         },
     )
     result = build_label_table(bids)
-    assert set(zip(result.labels.participant_id, result.labels.session_id)) == {
+    assert set(zip(result.labels.participant_id, result.labels.session_id, strict=True)) == {
         ("sub-A", "ses-M012"),
         ("sub-B", "ses-M000"),
     }

@@ -97,7 +97,9 @@ def test_user_manifests_are_checked_and_joined(tmp_path, labels_table):
     assert set(manifests["val"]["participant_id"]) == set(groups["val"])
     assert "diagnosis" in manifests["test"].columns
     # a leaking user manifest is refused whoever wrote it
-    leak = pd.concat([pd.read_csv(paths["val"], sep="\t"), pd.read_csv(paths["train"], sep="\t")[:1]])
+    leak = pd.concat(
+        [pd.read_csv(paths["val"], sep="\t"), pd.read_csv(paths["train"], sep="\t")[:1]]
+    )
     leak.to_csv(paths["val"], sep="\t", index=False)
     with pytest.raises(SplitLeakError, match=subjects[0]):
         load_manifests(paths, labels_table)

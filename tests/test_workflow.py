@@ -1,0 +1,124 @@
+"""End to end: the Snakemake DAG on a tiny synthetic cohort, with the real Clinica conversion.
+
+One workflow run (module-scoped fixture, a few minutes on 2 cores) feeds several assertions about
+what a user relies on: subject-disjoint stratified manifests, per-visit labels that match the
+cohort's ground truth, a report, and reruns limited to stale stages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from earlyad.splits import SPLITS
+from earlyad.tables import read_tsv
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run snakemake from the repo's Snakefile in ``workdir`` with the venv's tools on PATH."""
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--cores", "2", *args]
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def tiny_config(workdir: Path, **changes: dict) -> Path:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["synthetic"].update(n_subjects=9, mean_visits=1.4, n_dicom=1, seed=7)
+    for section, values in changes.items():
+        config[section].update(values)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    cfg = tiny_config(workdir)
+    snakemake(workdir, "--configfile", str(cfg))
+    return workdir
+
+
+def test_manifests_are_subject_disjoint_and_stratified(run):
+    manifests = {s: read_tsv(run / "results" / "splits" / f"{s}.tsv") for s in SPLITS}
+    subjects = [set(m["participant_id"]) for m in manifests.values()]
+    assert not (subjects[0] & subjects[1] or subjects[0] & subjects[2] or subjects[1] & subjects[2])
+    for split, df in manifests.items():
+        assert set(df["diagnosis"]) == {"CN", "MCI", "AD"}, split
+        assert df["image_path"].map(lambda p: Path(p).exists()).all()
+
+
+def test_labels_are_the_visit_diagnoses_of_the_ground_truth(run):
+    labels = read_tsv(run / "results" / "labels" / "labels.tsv")
+    truth = pd.read_csv(run / "results" / "synthetic" / "ground_truth" / "cohort.tsv", sep="\t")
+    merged = labels.merge(truth, on=["participant_id", "session_id"], suffixes=("", "_truth"))
+    exclusions = read_tsv(run / "results" / "labels" / "exclusions.tsv")
+    # every ground-truth scan is either labelled or listed as excluded, never silently dropped
+    assert len(merged) + len(exclusions) == len(truth)
+    assert (merged["diagnosis"] == merged["diagnosis_truth"]).all()
+    # diagnoses progress between visits in the synthetic cohort, and labels follow them
+    per_subject = labels.groupby("participant_id")["diagnosis"].nunique()
+    assert len(labels) > labels["participant_id"].nunique()
+    assert set(labels["sex"]) <= {"M", "F"} and labels["age"].between(50, 100).all()
+    assert per_subject.max() >= 1
+
+
+def test_second_run_has_nothing_to_do_and_seed_change_reruns_only_the_split(run):
+    cfg = str(run / "config.yaml")
+    out = snakemake(run, "--configfile", cfg, "-n").stdout
+    assert "Nothing to be done" in out
+    tiny_config(run, splits={"seed": 5})
+    out = snakemake(run, "--configfile", cfg, "-n").stdout
+    assert "split" in out
+    for rule in ("synthesize", "adni_to_bids", "labels", "check_adni"):
+        assert f"rule {rule}:" not in out and f"\n{rule} " not in out, out
+    tiny_config(run)
+
+
+def test_report_is_generated(run):
+    snakemake(run, "--configfile", str(run / "config.yaml"), "--report", "report.html")
+    html = (run / "report.html").read_text(errors="replace")
+    assert "earlyad" in html and "cohort per split" in html
+
+
+def test_broken_download_fails_before_clinica_naming_the_file(run, tmp_path):
+    broken = tmp_path / "download"
+    shutil.copytree(run / "results" / "synthetic" / "clinical", broken / "clinical")
+    (broken / "ADNI").symlink_to(run / "results" / "synthetic" / "ADNI")
+    (broken / "clinical" / "MPRAGEMETA.csv").unlink()
+    cfg = tiny_config(
+        tmp_path,
+        dataset={
+            "source": "adni",
+            "adni_dir": str(broken / "ADNI"),
+            "clinical_dir": str(broken / "clinical"),
+        },
+    )
+    proc = snakemake(tmp_path, "--configfile", str(cfg), check=False)
+    assert proc.returncode != 0
+    log = (tmp_path / "logs" / "check_adni" / "check_adni.log").read_text()
+    assert "MPRAGEMETA.csv" in log
+    assert not (tmp_path / "results" / "bids").exists()
+
+
+def test_invalid_config_stops_with_the_key_name(tmp_path):
+    cfg = tiny_config(tmp_path, splits={"sed": 1})
+    proc = snakemake(tmp_path, "--configfile", str(cfg), "-n", check=False)
+    assert proc.returncode != 0
+    assert "config key 'splits.sed' is not a known setting" in proc.stdout + proc.stderr
