@@ -52,9 +52,13 @@ def test_unusable_scans_are_excluded_with_a_reason(tmp_path):
         tmp_path / "bids",
         {
             "sub-A": {"sessions": {"ses-M000": "SMC", "ses-M006": None, "ses-M012": "CN"}},
-            "sub-B": {"sessions": {"ses-M000": "AD", "ses-M006": "AD"}, "images": ["ses-M000"]},
+            "sub-B": {
+                "sessions": {"ses-M000": "AD", "ses-M006": "AD", "ses-M012": "AD"},
+                "images": ["ses-M000"],
+            },
         },
     )
+    (bids / "sub-B" / "ses-M006" / "anat").mkdir(parents=True)  # a session without its T1w
     result = build_label_table(bids)
     assert set(zip(result.labels.participant_id, result.labels.session_id, strict=True)) == {
         ("sub-A", "ses-M012"),
@@ -66,6 +70,8 @@ def test_unusable_scans_are_excluded_with_a_reason(tmp_path):
     assert "empty" in reasons[("sub-A", "ses-M006")]
     assert "no T1w image" in reasons[("sub-B", "ses-M006")]
     assert set(result.exclusions["stage"]) == {"labels"}
+    # a clinical-only visit (no session folder, as Clinica lists every ADNIMERGE visit) is no scan
+    assert ("sub-B", "ses-M012") not in reasons
 
 
 def test_subject_without_sessions_tsv_uses_baseline_for_baseline_only(tmp_path):

@@ -26,10 +26,10 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 
 def _cmd_check_adni(args: argparse.Namespace) -> None:
-    from earlyad.adni import check_adni_download
+    from earlyad.adni import run_check
 
-    report = check_adni_download(args.adni_dir, args.clinical_dir)
-    print(report)
+    if run_check(args.adni_dir, args.clinical_dir) != 0:
+        raise SystemExit(1)
 
 
 def _cmd_labels(args: argparse.Namespace) -> None:

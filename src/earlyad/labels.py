@@ -191,10 +191,11 @@ def build_label_table(
             ses = str(record["session_id"])
             raw = record.get("diagnosis")
             dx = map_diagnosis(raw, diagnosis_map)
+            if ses not in on_disk:
+                continue  # a clinical-only visit (Clinica lists every ADNIMERGE visit): no scan
             image = find_t1(bids_dir, pid, ses)
             if image is None:
-                where = "the session's anat folder" if ses in on_disk else "the BIDS tree"
-                exclude(pid, ses, f"no T1w image in {where}")
+                exclude(pid, ses, "no T1w image in the session's anat folder")
                 continue
             if dx is None:
                 shown = "empty" if raw is None or str(raw).strip() in {"", "nan"} else repr(raw)

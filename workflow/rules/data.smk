@@ -60,6 +60,9 @@ rule adni_to_bids:
         mem_mb=8000,
         runtime=240,
     shell:
+        # NIPYPE_NO_ET: no online version check (compute nodes are offline);
+        # CLINICA_LOGGING_DIR: keep Clinica's pypeline.log out of the working directory.
+        "export NIPYPE_NO_ET=1 CLINICA_LOGGING_DIR=$(dirname {log}); "
         "clinica convert adni-to-bids {input.adni} {input.clinical} {output.bids} -m T1"
         " > {log} 2>&1"
 

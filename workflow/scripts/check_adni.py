@@ -13,4 +13,6 @@ from earlyad.adni import check_adni_download  # noqa: E402
 
 report = check_adni_download(Path(snakemake.input.adni), Path(snakemake.input.clinical))  # noqa: F821
 log.info("%s", report)
-report.write_tsv(Path(snakemake.output.report))  # noqa: F821
+from earlyad.tables import write_tsv  # noqa: E402
+
+write_tsv(report.images, Path(snakemake.output.report))  # noqa: F821

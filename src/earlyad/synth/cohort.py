@@ -60,12 +60,14 @@ SITES: tuple[int, ...] = (
     41, 52, 53, 57, 62, 67, 68, 73, 82, 94, 98, 99, 100, 109, 114, 116, 123, 126,
     127, 128, 130, 131, 133, 136, 137, 141,
 )  # fmt: skip
-#: Severity centre per diagnosis (0 = healthy, 1 = typical AD).
-SEVERITY_BASE = {"CN": 0.0, "MCI": 0.5, "AD": 1.0}
+#: Severity centre per diagnosis (0 = healthy, 1 = typical AD; brain.py accepts [0, 1]).
+SEVERITY_BASE = {"CN": 0.0, "MCI": 0.5, "AD": 0.92}
 #: Severity gained per year of follow-up, per current diagnosis.
-SEVERITY_RATE = {"CN": 0.01, "MCI": 0.05, "AD": 0.08}
+SEVERITY_RATE = {"CN": 0.01, "MCI": 0.04, "AD": 0.03}
+#: Subject-level severity jitter (standard deviation) per baseline diagnosis.
+SEVERITY_JITTER = {"CN": 0.03, "MCI": 0.06, "AD": 0.05}
 #: Mean baseline age per baseline diagnosis (AD older on average, as in ADNI1).
-AGE_MEAN = {"CN": 72.5, "MCI": 74.0, "AD": 76.0}
+AGE_MEAN = {"CN": 71.0, "MCI": 73.5, "AD": 77.0}
 AGE_MIN, AGE_MAX = 55.0, 90.0
 
 #: Columns of ``ground_truth/cohort.tsv`` (and of the returned dataframe), in order.
@@ -89,9 +91,13 @@ GROUND_TRUTH_COLUMNS: list[str] = [
     "study_id",
     "format",
     "path",
+    "dicom_source",
     "atrophy_mask",
     "hippocampus_volume_ratio",
     "ventricle_volume_ratio",
+    "scanner_to_bids_x_mm",
+    "scanner_to_bids_y_mm",
+    "scanner_to_bids_z_mm",
 ]
 
 
@@ -111,8 +117,8 @@ class CohortSpec:
 
     def __post_init__(self) -> None:
         """Reject specs that cannot produce an ADNI-shaped cohort, before any file is written."""
-        if self.n_subjects < 1 or self.n_subjects > 9000:
-            raise ValueError(f"n_subjects must be in 1..9000 (4-digit RIDs), got {self.n_subjects}")
+        if not 1 <= self.n_subjects <= 4999:
+            raise ValueError(f"n_subjects must be in 1..4999 (4-digit RIDs), got {self.n_subjects}")
         if not 1.0 <= self.mean_visits <= MAX_VISITS:
             raise ValueError(f"mean_visits must be in [1, {MAX_VISITS}], got {self.mean_visits}")
         if self.n_dicom < 0:
@@ -138,6 +144,8 @@ def adni1_visit_name(viscode: str) -> str:
     """
     if viscode == "bl":
         return "ADNI Screening"
+    if viscode == "m03":
+        return "ADNIGO Month 3 MRI"  # sic: Clinica's expectation for ADNI1 month 3
     month = int(viscode[1:])
     return f"ADNI{'1/' if month < 54 else ''}GO Month {month}"
 
@@ -169,6 +177,20 @@ def clinica_bids_space(img: nib.Nifti1Image) -> nib.Nifti1Image:
         affine[i, i] = pixdim
         affine[i, 3] = -pixdim * float(header["dim"][i + 1]) / 2.0
     return nib.Nifti1Image(np.asanyarray(canonical.dataobj), affine, header=header)
+
+
+def _scanner_to_bids_shift(scanner: nib.Nifti1Image, bids: nib.Nifti1Image) -> list[float]:
+    """Translation from scanner-world mm to the BIDS T1w's world mm (NaN if not a translation).
+
+    Clinica re-centres the origin, so landmarks placed in the scanner frame (for instance with
+    ``brain.mni_to_scanner``) need this shift to land on the BIDS image. It is a pure shift when
+    the scanner grid is axis-aligned RAS, as brain.py writes it.
+    """
+    canonical = nib.as_closest_canonical(scanner).affine
+    transform = bids.affine @ np.linalg.inv(canonical)
+    if not np.allclose(transform[:3, :3], np.eye(3), atol=1e-6):
+        return [float("nan")] * 3
+    return [round(float(v), 4) for v in transform[:3, 3]]
 
 
 # --------------------------------------------------------------------------- cohort plan
@@ -215,7 +237,8 @@ def _apoe_genotype(rng: np.random.Generator, dx: str) -> tuple[int, int]:
 
 def _plan_subjects(spec: CohortSpec, rng: np.random.Generator) -> list[_Subject]:
     """Draw subject identities and demographics (RIDs unique, as Clinica assumes)."""
-    rids = np.sort(rng.choice(np.arange(2, 1500), size=spec.n_subjects, replace=False))
+    pool = np.arange(2, max(1500, 2 * spec.n_subjects))  # ADNI1 RIDs run to ~1500
+    rids = np.sort(rng.choice(pool, size=spec.n_subjects, replace=False))
     # Keep the requested class mix exactly (rounded), then shuffle, so small cohorts stay mixed.
     counts = np.floor(np.array(spec.class_fractions) * spec.n_subjects).astype(int)
     while counts.sum() < spec.n_subjects:
@@ -227,7 +250,8 @@ def _plan_subjects(spec: CohortSpec, rng: np.random.Generator) -> list[_Subject]
     for i, (rid, dx) in enumerate(zip(rids, dxs, strict=True)):
         site = int(rng.choice(SITES))
         sex = "Male" if rng.random() < 0.56 else "Female"
-        age = float(np.clip(rng.normal(AGE_MEAN[dx], 6.5), AGE_MIN, AGE_MAX - 3.5))
+        # Clip so that the last possible visit (m36, +12 days) is still within AGE_MAX.
+        age = float(np.clip(rng.normal(AGE_MEAN[dx], 6.0), AGE_MIN, AGE_MAX - 3.2))
         subjects.append(
             _Subject(
                 index=i,
@@ -237,7 +261,7 @@ def _plan_subjects(spec: CohortSpec, rng: np.random.Generator) -> list[_Subject]
                 sex=sex,
                 baseline_age=round(age, 1),
                 baseline_dx=dx,
-                jitter=float(rng.normal(0.0, 0.04 if dx == "CN" else 0.08)),
+                jitter=float(rng.normal(0.0, SEVERITY_JITTER[dx])),
                 education=int(np.clip(round(rng.normal(15.7, 2.9)), 6, 20)),
                 marital=str(
                     rng.choice(
@@ -291,7 +315,7 @@ def _plan_visits(
                     "months": months,
                     "diagnosis": dx,
                     "converted": dx_index != prev_dx_index,
-                    "severity": float(np.clip(severity, 0.0, 1.5)),
+                    "severity": float(np.clip(severity, 0.0, 1.0)),
                     "examdate": examdate,
                     "scandate": examdate + dt.timedelta(days=scan_offset),
                     "scantime": dt.time(
@@ -392,6 +416,7 @@ def _write_dicom_series(
         ds.PatientName = ptid
         ds.PatientSex = "M" if sex == "Male" else "F"
         ds.PatientAge = f"{int(age):03d}Y"
+        ds.PatientPosition = "HFS"
         ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = date
         ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = time
         ds.StudyID = str(study_id)
@@ -427,7 +452,11 @@ def _write_dicom_series(
         ds.RescaleSlope = "1"
         ds.PixelData = np.ascontiguousarray(data[:, :, k].T).astype("<i2").tobytes()
         name = f"ADNI_{ptid}_MR_MPRAGE_br_raw_{stamp}_{k + 1}_S{series_id}_I{image_uid}.dcm"
-        ds.save_as(folder / name, enforce_file_format=True)
+        try:
+            ds.save_as(folder / name, enforce_file_format=True)
+        except TypeError:  # pydicom < 3 spells it differently
+            ds.is_little_endian, ds.is_implicit_VR = True, False
+            ds.save_as(folder / name, write_like_original=False)
 
 
 # --------------------------------------------------------------------------- clinical tables
@@ -446,7 +475,7 @@ def _adnimerge_row(
     mmse = int(np.clip(round(29.3 - 5.6 * sev + rng.normal(0, 1.0)), 0, 30))
     adas11 = round(float(np.clip(5.5 + 13.0 * sev + rng.normal(0, 2.0), 0, 70)), 2)
     adas13 = round(float(np.clip(adas11 * 1.55 + rng.normal(0, 1.5), 0, 85)), 2)
-    cdrsb = _round_half(float(np.clip(4.4 * sev**1.3 + rng.normal(0, 0.4), 0, 18)))
+    cdrsb = _round_half(float(np.clip(4.4 * sev**1.3 + rng.normal(0, 0.3), 0, 18)))
     has_fdg = rng.random() < 0.45
     has_csf = subj.has_csf and visit["visit_index"] in (0, 1)
     row: dict[str, Any] = {
@@ -672,6 +701,8 @@ def write_synthetic_adni(out_dir: Path, spec: CohortSpec, progress: bool = True)
         stamp += f"{int(rng.integers(0, 1000)):03d}"
         age = subj.baseline_age + (visit["examdate"] - subj.bl_date).days / 365.25
         is_dicom = idx in dicom_set
+        pid = participant_id_from_ptid(subj.ptid)
+        sid = session_id_from_viscode(visit["viscode"])
         if is_dicom:
             _write_dicom_series(
                 synth.image,
@@ -686,17 +717,19 @@ def write_synthetic_adni(out_dir: Path, spec: CohortSpec, progress: bool = True)
                 stamp=stamp,
             )
             image_path = folder
+            # Keep the array behind the DICOM series, so the dcm2niix round trip can be checked.
+            source_path = truth_dir / f"{pid}_{sid}_dicom_source.nii.gz"
+            nib.save(synth.image, source_path)
         else:
             folder.mkdir(parents=True, exist_ok=True)
             name = f"ADNI_{subj.ptid}_MR_MPRAGE_br_raw_{stamp}_1_S{series_id}_I{uid}.nii"
             image_path = folder / name
             nib.save(synth.image, image_path)
-        pid = participant_id_from_ptid(subj.ptid)
-        sid = session_id_from_viscode(visit["viscode"])
         mask_path = truth_dir / f"{pid}_{sid}_atrophy.nii.gz"
         mask = clinica_bids_space(synth.atrophy)
         mask.set_data_dtype(np.uint8)
         nib.save(mask, mask_path)
+        shift = _scanner_to_bids_shift(synth.atrophy, mask)
         scan = {
             "image_uid": uid,
             "series_id": series_id,
@@ -725,9 +758,11 @@ def write_synthetic_adni(out_dir: Path, spec: CohortSpec, progress: bool = True)
             "study_id": study_id,
             "format": "dicom" if is_dicom else "nifti",
             "path": image_path.relative_to(out_dir).as_posix(),
+            "dicom_source": source_path.relative_to(out_dir).as_posix() if is_dicom else "",
             "atrophy_mask": mask_path.relative_to(out_dir).as_posix(),
             "hippocampus_volume_ratio": round(scan["hippocampus_volume_ratio"], 6),
             "ventricle_volume_ratio": round(scan["ventricle_volume_ratio"], 6),
+            **{f"scanner_to_bids_{a}_mm": v for a, v in zip("xyz", shift, strict=True)},
         }
         row.update({f"param_{k}": float(v) for k, v in sorted(synth.params.items())})
         rows.append(row)

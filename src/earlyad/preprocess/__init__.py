@@ -1,0 +1,1 @@
+"""Preprocessing: t1-linear outputs -> study template -> normalized tensors with QC."""
