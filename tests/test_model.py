@@ -70,3 +70,14 @@ def test_linear_init_and_forward_shape():
 def test_too_small_input_is_refused():
     with pytest.raises((ValueError, RuntimeError)):
         ClassifierCNN(ModelConfig(width=0.125, input_size=20))
+
+
+def test_pointwise_block1_equals_a_plain_convolution():
+    torch.manual_seed(0)
+    model = ClassifierCNN(ModelConfig(width=0.125))
+    conv = model.features[0][0]
+    plain = nn.Conv3d(1, conv.out_channels, kernel_size=1)
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 1, 20, 20, 20, requires_grad=True)
+    torch.testing.assert_close(conv(x), plain(x), rtol=1e-6, atol=1e-6)
+    assert set(model.state_dict()) >= {"features.0.0.weight", "features.0.0.bias"}

@@ -97,6 +97,12 @@ def check_semantics(config: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"config key 'splits.fractions': train + val + test must sum to 1, got {total:g}"
         )
+    names = [run["name"] for run in config.get("training", {}).get("grid", [])]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(
+            f"config key 'training.grid': run name '{dupes[0]}' is used twice; names must differ"
+        )
     manifests = config["splits"].get("manifests") or {}
     given = [k for k in ("train", "val", "test") if manifests.get(k)]
     if given and len(given) != 3:

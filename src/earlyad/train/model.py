@@ -45,6 +45,24 @@ class ModelConfig:
         return tuple(max(1, round(c * self.width)) for c in (32, 256, 512, 512))  # type: ignore[return-value]
 
 
+class PointwiseConv3d(nn.Conv3d):
+    """Block 1's 1x1x1 convolution from one channel, computed as a broadcast multiply-add.
+
+    Mathematically the same layer with the same parameters (state-dict compatible with
+    ``nn.Conv3d``), but oneDNN's kernel for a 1->C, k=1 convolution on a 96^3 volume is about
+    12x slower on CPU than the broadcast (measured: 1.27 s against 0.10 s forward at batch 8),
+    and that one layer dominated CPU training time.
+    """
+
+    def __init__(self, out_channels: int) -> None:
+        super().__init__(1, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.view(1, -1, 1, 1, 1)
+        b = self.bias.view(1, -1, 1, 1, 1)
+        return torch.addcmul(b, x, w)
+
+
 def _norm(kind: NormType, channels: int) -> nn.Module:
     if kind == "instance":
         return nn.InstanceNorm3d(channels, affine=False)
@@ -62,8 +80,13 @@ def _block(
     norm: NormType,
     pool: tuple[int, int] | None,
 ) -> nn.Sequential:
+    conv = (
+        PointwiseConv3d(c_out)
+        if (c_in, kernel, padding) == (1, 1, 0)
+        else nn.Conv3d(c_in, c_out, kernel_size=kernel, padding=padding, dilation=dilation)
+    )
     layers: list[nn.Module] = [
-        nn.Conv3d(c_in, c_out, kernel_size=kernel, padding=padding, dilation=dilation),
+        conv,
         _norm(norm, c_out),
         nn.ReLU(inplace=True),
     ]

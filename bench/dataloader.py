@@ -1,0 +1,220 @@
+"""Samples per second of earlyad's training loader against one written like the study's.
+
+Both read the same N synthetic scans (113x139x119, the 1.5 mm template grid) with the same
+number of worker processes, batch size and augmentation (random 96^3 crop, Gaussian blur with
+p = 0.5 and sigma ~ U[0, 1.5]):
+
+- ``study``: per sample, nibabel loads the gzipped float32 NIfTI (``get_fdata``, float64),
+  NaN -> 0, min-max to [0, 1], ``scipy.ndimage.gaussian_filter`` of the WHOLE volume with
+  p = 0.5, then a random crop;
+- ``ours``: ``earlyad.train.data`` on the float16 tensor cache (memory-mapped ``.npy``), crop
+  first, blur only the crop plus its kernel margin (same values as blurring everything).
+
+Each loader runs in its own subprocess so the peak resident set sizes do not contaminate each
+other: the main process's (VmHWM) and the largest worker's (getrusage RUSAGE_CHILDREN; it
+counts the pages a forked worker shares with the main process, torch's libraries included).
+The first batch (worker start-up) is not timed.
+
+    python bench/dataloader.py [--n 16] [--workers 0 2] [--batch-size 4] [--seconds 10]
+                               [--shape 113 139 119]
+
+``--workers 0`` measures the per-sample work alone; with workers, the transfer of each batch
+to the training process (shared memory) is included. ``--shape 169 208 179`` is the study's
+own 1 mm grid, for context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from scipy.ndimage import gaussian_filter
+from torch.utils.data import DataLoader, Dataset
+
+SHAPE = (113, 139, 119)
+CROP = 96
+
+
+def make_scans(root: Path, n: int, shape: Sequence[int]) -> Path:
+    """N brain-like float32 volumes: a smooth textured ellipsoid on a zero background, a few
+    NaN voxels outside it (t1-linear outputs can hold them), written as .nii.gz and as the
+    float16 min-max-scaled .npy the tensor cache holds; returns the cache index."""
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    rows = []
+    for k in range(n):
+        radii = rng.uniform(0.75, 0.9, size=3)
+        inside = ((grid / radii[:, None, None, None]) ** 2).sum(0) < 1
+        texture = gaussian_filter(rng.random(shape, dtype=np.float32), 1.5)
+        v = np.where(inside, 300 + 900 * texture, 0).astype(np.float32)
+        v[0, 0, : 5 + k] = np.nan
+        nii = root / f"sub-{k:02d}_T1w.nii.gz"
+        nib.save(nib.Nifti1Image(v, np.diag([1.5, 1.5, 1.5, 1])), nii)
+        clean = np.nan_to_num(v)
+        clean = (clean - clean.min()) / (clean.max() - clean.min())
+        npy = root / f"sub-{k:02d}.npy"
+        np.save(npy, clean.astype(np.float16))
+        rows.append(
+            {
+                "participant_id": f"sub-{k:02d}",
+                "session_id": "ses-M000",
+                "split": "train",
+                "diagnosis": ("CN", "MCI", "AD")[k % 3],
+                "label": k % 3,
+                "path": str(npy),
+                "nifti": str(nii),
+            }
+        )
+    index = root / "index.tsv"
+    pd.DataFrame(rows).to_csv(index, sep="\t", index=False)
+    return index
+
+
+class StudyLikeDataset(Dataset[tuple[torch.Tensor, int]]):
+    """The reference study's per-sample work, re-done from the NIfTI every time."""
+
+    def __init__(self, paths: list[str], labels: list[int]) -> None:
+        self.paths, self.labels = paths, labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = nib.load(self.paths[i]).get_fdata()
+        img = np.nan_to_num(img)
+        img = (img - img.min()) / (img.max() - img.min())
+        if random.random() < 0.5:
+            img = gaussian_filter(img, sigma=random.uniform(0.0, 1.5))
+        x, y, z = (random.randint(0, s - CROP) for s in img.shape)
+        crop = img[x : x + CROP, y : y + CROP, z : z + CROP]
+        return torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)).unsqueeze(0), (
+            self.labels[i]
+        )
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. /proc's VmHWM where it exists: Linux's ru_maxrss survives
+    exec, so a subprocess would report its parent's peak if the parent's was higher."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def run_child(kind: str, index: Path, workers: int, batch_size: int, seconds: float) -> dict:
+    """Iterate epochs until ``seconds`` have passed after the first batch; report throughput."""
+    torch.set_num_threads(1)
+    table = pd.read_csv(index, sep="\t")
+    if kind == "ours":
+        from earlyad.train.data import AugmentConfig, CachedVolumes, make_loader
+
+        loader = make_loader(
+            CachedVolumes(index, "train"),
+            AugmentConfig(),
+            seed=0,
+            train=True,
+            batch_size=batch_size,
+            num_workers=workers,
+        )
+    else:
+        dataset = StudyLikeDataset(table.nifti.tolist(), table.label.tolist())
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            worker_init_fn=_one_thread if workers else None,
+        )
+    samples, start, epoch = 0, None, 0
+    while start is None or time.perf_counter() - start < seconds:
+        epoch += 1
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for batch in loader:
+            if start is None:  # worker start-up and first reads are not timed
+                start = time.perf_counter()
+                continue
+            samples += len(batch[1])
+    elapsed = time.perf_counter() - start
+    del loader  # joins persistent workers, so their RSS reaches RUSAGE_CHILDREN
+    self_mb = _peak_rss_mb()
+    child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {
+        "kind": kind,
+        "samples": samples,
+        "seconds": elapsed,
+        "samples_per_second": samples / elapsed,
+        "peak_rss_main_mb": self_mb,
+        "peak_rss_worker_mb": child_mb,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=16, help="number of scans")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[0, 2], help="loader worker process counts"
+    )
+    parser.add_argument("--shape", type=int, nargs=3, default=list(SHAPE), help="volume shape")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per loader")
+    parser.add_argument("--child", choices=["ours", "study"], help=argparse.SUPPRESS)
+    parser.add_argument("--index", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        result = run_child(args.child, args.index, args.workers[0], args.batch_size, args.seconds)
+        print(json.dumps(result))
+        return
+
+    shape = "x".join(map(str, args.shape))
+    print(
+        f"{args.n} scans {shape}, crop {CROP}^3, blur p=0.5 sigma~U[0,1.5], batch "
+        f"{args.batch_size}, {args.seconds:g} s timed per loader, load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+    header = f"{'loader':<8}{'workers':>8}{'samples/s':>11}{'ms/sample':>11}"
+    print(header + f"{'peak RSS main MB':>18}{'peak RSS worker MB':>20}")
+    with tempfile.TemporaryDirectory(prefix="earlyad-bench-") as tmp:
+        index = make_scans(Path(tmp), args.n, args.shape)
+        for workers in args.workers:
+            results = {}
+            for kind in ("study", "ours"):
+                cmd = [sys.executable, __file__, "--child", kind, "--index", str(index)]
+                cmd += ["--workers", str(workers), "--batch-size", str(args.batch_size)]
+                cmd += ["--seconds", str(args.seconds)]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                r = results[kind] = json.loads(out.strip().splitlines()[-1])
+                worker_mb = f"{r['peak_rss_worker_mb']:.0f}" if workers else "-"
+                print(
+                    f"{kind:<8}{workers:>8}{r['samples_per_second']:>11.1f}"
+                    f"{1000 / r['samples_per_second']:>11.1f}"
+                    f"{r['peak_rss_main_mb']:>18.0f}{worker_mb:>20}",
+                    flush=True,
+                )
+            ratio = results["ours"]["samples_per_second"] / results["study"]["samples_per_second"]
+            print(f"ratio ours/study with {workers} workers: {ratio:.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
