@@ -75,3 +75,19 @@ def test_every_schema_key_is_documented():
 
     missing = [k for k in keys(schema) if f"`{k}`" not in readme]
     assert not missing, f"undocumented config keys: {missing}"
+
+
+def test_adni_study_config_validates_with_the_papers_settings(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "adni.yaml").read_text())
+    config["dataset"]["adni_dir"] = str(tmp_path)
+    config["dataset"]["clinical_dir"] = str(tmp_path)
+    out = validate_config(config, base_dir=REPO)
+    training = out["training"]
+    assert (training["lr"], training["batch_size"], training["epochs"]) == (0.0018, 36, 100)
+    assert training["width"] == 1.0 and len(training["grid"]) == 3
+
+
+def test_duplicate_grid_run_names_are_refused(config):
+    config["training"]["grid"] = [{"name": "a"}, {"name": "a", "lr": 0.1}]
+    with pytest.raises(ConfigError, match="run name 'a' is used twice"):
+        validate_config(config)

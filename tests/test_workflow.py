@@ -7,12 +7,15 @@ cohort's ground truth, a report, and reruns limited to stale stages.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -40,6 +43,16 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 def tiny_config(workdir: Path, **changes: dict) -> Path:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["synthetic"].update(n_subjects=9, mean_visits=1.4, n_dicom=1, seed=7)
+    config["preprocessing"].update(template_max_images=4, template_iterations=1)
+    config["training"].update(
+        epochs=2,
+        batch_size=4,
+        eval_batch_size=4,
+        width=0.0625,
+        train_eval_max=4,
+        num_workers=0,
+        threads=2,
+    )
     for section, values in changes.items():
         config[section].update(values)
     path = workdir / "config.yaml"
@@ -85,10 +98,61 @@ def test_second_run_has_nothing_to_do_and_seed_change_reruns_only_the_split(run)
     assert "Nothing to be done" in out
     tiny_config(run, splits={"seed": 5})
     out = snakemake(run, "--configfile", cfg, "-n").stdout
-    assert "rule split:" in out and "Params have changed" in out
-    for rule in ("synthesize", "adni_to_bids", "labels", "check_adni"):
-        assert f"rule {rule}:" not in out and f"\n{rule} " not in out, out
+    assert "checkpoint split:" in out and "Params have changed" in out
+    for rule in ("synthesize", "adni_to_bids", "labels", "check_adni", "t1_linear"):
+        assert f"rule {rule}:" not in out, out
+    # what follows the split (template, normalization, training) is re-planned once the new
+    # manifests exist: Snakemake re-evaluates the DAG after a checkpoint
+    assert "checkpoint jobs" in out
     tiny_config(run)
+
+
+def test_changing_a_runs_lr_reruns_training_only(run):
+    cfg = str(run / "config.yaml")
+    tiny_config(run, training={"lr": 0.001})
+    out = snakemake(run, "--configfile", cfg, "-n").stdout
+    tiny_config(run)
+    assert "rule train:" in out and "rule grid_summary:" in out
+    for rule in ("checkpoint split", "rule t1_linear", "rule study_template", "rule normalize"):
+        assert f"{rule}:" not in out, out
+
+
+def test_preprocessing_outputs_and_tensor_cache(run):
+    qc = read_tsv(run / "results" / "qc" / "qc.tsv")
+    labels = read_tsv(run / "results" / "labels" / "labels.tsv")
+    assert len(qc) == len(labels)  # every labelled scan has a QC verdict
+    index = read_tsv(run / "results" / "cache" / "index.tsv")
+    assert set(index["participant_id"] + index["session_id"]) == set(
+        (qc.participant_id + qc.session_id)[qc.passed.astype(str) == "True"]
+    )
+    assert len(index) >= len(qc) - 1
+    first = index.iloc[0]
+    volume = np.load(run / first["path"], mmap_mode="r")
+    assert volume.dtype == np.float16 and min(volume.shape) >= 96
+    t1 = next((run / "results" / "t1_linear").glob("sub-*/ses-*/*_desc-Crop_res-1x1x1_T1w.nii.gz"))
+    assert nib.load(t1).shape == (169, 208, 179)
+    assert list((run / "results" / "qc" / "montages").glob("*.png"))
+
+
+def test_study_template_used_training_scans_only(run):
+    used = json.loads((run / "results" / "template" / "study_template_inputs.json").read_text())
+    text = json.dumps(used)
+    train = set(read_tsv(run / "results" / "splits" / "train.tsv")["participant_id"])
+    others = set(read_tsv(run / "results" / "splits" / "val.tsv")["participant_id"]) | set(
+        read_tsv(run / "results" / "splits" / "test.tsv")["participant_id"]
+    )
+    assert any(pid in text for pid in train)
+    assert not any(pid in text for pid in others)
+
+
+def test_training_outputs(run):
+    log = read_tsv(run / "results" / "training" / "instance_lr0.0018" / "log.tsv")
+    assert list(log["epoch"]) == [1, 2]
+    preds = read_tsv(run / "results" / "training" / "instance_lr0.0018" / "predictions_test.tsv")
+    probs = preds[["prob_CN", "prob_MCI", "prob_AD"]].sum(axis=1)
+    assert np.allclose(probs, 1.0, atol=1e-4)
+    summary = read_tsv(run / "results" / "training" / "grid_summary.tsv")
+    assert summary["selected"].astype(str).tolist() == ["True"]
 
 
 def test_report_is_generated(run):

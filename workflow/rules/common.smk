@@ -2,6 +2,7 @@
 import sys
 from pathlib import Path
 
+import pandas as pd
 from snakemake.exceptions import WorkflowError
 
 # The rules call the package in src/ of this checkout, also when it is not pip-installed.
@@ -23,6 +24,9 @@ SOURCE = config["dataset"]["source"]
 
 wildcard_constraints:
     split="|".join(SPLITS),
+    participant_id=r"sub-[A-Za-z0-9]+",
+    session_id=r"ses-[A-Za-z0-9]+",
+    run=r"[A-Za-z0-9_.\-]+",
 
 
 def code(*modules):
@@ -58,9 +62,81 @@ def user_manifests(wildcards):
 
 def all_targets():
     """Everything the default run produces."""
-    return expand("results/splits/{split}.tsv", split=SPLITS) + [
-        "results/splits/summary.tsv",
-        "results/splits/balance.tsv",
-        "results/splits/cohort.png",
-        "results/labels/exclusions.tsv",
+    return (
+        expand("results/splits/{split}.tsv", split=SPLITS)
+        + [
+            "results/splits/summary.tsv",
+            "results/splits/balance.tsv",
+            "results/splits/cohort.png",
+            "results/labels/exclusions.tsv",
+            "results/qc/qc.tsv",
+            "results/cache/index.tsv",
+            "results/training/grid_summary.tsv",
+        ]
+        + expand("results/training/{run}/learning_curves.png", run=RUNS)
+    )
+
+
+# ---------------------------------------------------------------- per-scan inputs (checkpoint)
+PREP = config["preprocessing"]
+
+
+def manifest(split):
+    """A split manifest, read after the split checkpoint has run."""
+    path = checkpoints.split.get().output[split]
+    return pd.read_csv(path, sep="\t", dtype=str)
+
+
+def scan_dirs(stage, splits=SPLITS):
+    """Per-scan output folders of ``stage`` for every scan of the given splits."""
+    return [
+        f"results/{stage}/{row.participant_id}/{row.session_id}"
+        for split in splits
+        for row in manifest(split).itertuples()
     ]
+
+
+def scan_image(wildcards):
+    """The BIDS T1w image of one scan, from the manifests (the split is a checkpoint)."""
+    for split in SPLITS:
+        df = manifest(split)
+        hit = df[
+            (df.participant_id == wildcards.participant_id)
+            & (df.session_id == wildcards.session_id)
+        ]
+        if len(hit):
+            return hit.image_path.iloc[0]
+    raise WorkflowError(
+        f"{wildcards.participant_id} {wildcards.session_id} is in no split manifest"
+    )
+
+
+def train_t1_linear(wildcards):
+    """t1-linear outputs of the TRAINING scans only: the study template sees nothing else."""
+    return scan_dirs("t1_linear", ["train"])
+
+
+def normalization_template(wildcards):
+    """The template scans are normalized to: the study template or the cropped MNI one."""
+    if PREP["template"] == "study":
+        return "results/template/study_template.nii.gz"
+    return "results/templates/ref_cropped_template.nii.gz"
+
+
+def all_normalized(wildcards):
+    """Normalized folders of every scan in every split."""
+    return scan_dirs("normalized")
+
+
+# ---------------------------------------------------------------- training grid
+RUNS = [run["name"] for run in config["training"]["grid"]]
+TRAIN_DEFAULTS = {k: v for k, v in config["training"].items() if k != "grid"}
+
+
+def run_hyperparameters(wildcards):
+    """The full hyper-parameter set of one grid run: defaults overridden by the run's entry.
+
+    As a params function, a change to one run's values marks only that run's jobs stale.
+    """
+    run = next(r for r in config["training"]["grid"] if r["name"] == wildcards.run)
+    return {**TRAIN_DEFAULTS, **{k: v for k, v in run.items() if k != "name"}}

@@ -1,7 +1,7 @@
 # Splits: subject-level, stratified train/val/test manifests (or the user's, checked).
 
 
-rule split:
+checkpoint split:
     input:
         labels="results/labels/labels.tsv",
         manifests=user_manifests,
