@@ -86,6 +86,7 @@ def test_standin_is_marked_everywhere(standin: tuple[tpl.TemplatePaths, Path]) -
     assert "STAND-IN" in (clinica / CLINICA_MARKER_NAME).read_text()
     for name in (MNI_NAME, CROPPED_NAME):
         assert sha256_of(clinica / name) == sha256_of(paths.mni.parent / name)
+        assert (clinica / name).stat().st_mode & 0o044 == 0o044  # readable by others
     assert load_templates(paths.mni.parent) == paths
 
 

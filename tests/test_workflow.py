@@ -186,3 +186,15 @@ def test_invalid_config_stops_with_the_key_name(tmp_path):
     proc = snakemake(tmp_path, "--configfile", str(cfg), "-n", check=False)
     assert proc.returncode != 0
     assert "config key 'splits.sed' is not a known setting" in proc.stdout + proc.stderr
+
+
+def test_bids_source_skips_conversion_and_labels_the_same_scans(run, tmp_path):
+    cfg = tiny_config(
+        tmp_path, dataset={"source": "bids", "bids_dir": str(run / "results" / "bids")}
+    )
+    out = snakemake(tmp_path, "results/labels/labels.tsv", "--configfile", str(cfg)).stdout
+    assert "adni_to_bids" not in out and "synthesize" not in out
+    ours = read_tsv(tmp_path / "results" / "labels" / "labels.tsv")
+    theirs = read_tsv(run / "results" / "labels" / "labels.tsv")
+    key = ["participant_id", "session_id", "diagnosis", "age", "sex"]
+    pd.testing.assert_frame_equal(ours[key], theirs[key])

@@ -105,6 +105,7 @@ _STANDIN_TEXT = (
     "'local' before producing results.\n"
 )
 _CHUNK = 1 << 20
+_FILE_MODE = 0o644
 
 
 class TemplateError(RuntimeError):
@@ -171,6 +172,7 @@ def _atomic_target(target: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600: Clinica run by others must read it
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -340,6 +342,8 @@ def _install_into_clinica(dest: Path, clinica_dir: Path, text: str) -> None:
             target = clinica_dir / name
             if not (target.is_file() and sha256_of(target) == sha256_of(source)):
                 _copy_atomic(source, target)
+            elif target.stat().st_mode & 0o777 != _FILE_MODE:
+                os.chmod(target, _FILE_MODE)  # an earlier install may have left it 0600
         (clinica_dir / CLINICA_MARKER_NAME).write_text(text)
     except OSError as err:
         raise TemplateError(
