@@ -146,9 +146,10 @@ def test_study_template_used_training_scans_only(run):
 
 
 def test_training_outputs(run):
-    log = read_tsv(run / "results" / "training" / "instance_lr0.0018" / "log.tsv")
+    name = yaml.safe_load((run / "config.yaml").read_text())["training"]["grid"][0]["name"]
+    log = read_tsv(run / "results" / "training" / name / "log.tsv")
     assert list(log["epoch"]) == [1, 2]
-    preds = read_tsv(run / "results" / "training" / "instance_lr0.0018" / "predictions_test.tsv")
+    preds = read_tsv(run / "results" / "training" / name / "predictions_test.tsv")
     probs = preds[["prob_CN", "prob_MCI", "prob_AD"]].sum(axis=1)
     assert np.allclose(probs, 1.0, atol=1e-4)
     summary = read_tsv(run / "results" / "training" / "grid_summary.tsv")
