@@ -60,8 +60,8 @@ def test_linear_init_and_forward_shape():
     model = ClassifierCNN(ModelConfig(width=0.125))
     for m in model.classifier:
         if isinstance(m, nn.Linear):
-            assert abs(float(m.weight.std()) - 0.01) < 0.002
-            assert float(m.bias.abs().max()) == 0.0
+            assert abs(float(m.weight.detach().std()) - 0.01) < 0.002
+            assert float(m.bias.detach().abs().max()) == 0.0
     out = model(torch.randn(2, 1, 96, 96, 96))
     assert out.shape == (2, 3)
     assert model.n_features == 64  # 512 * 0.125
