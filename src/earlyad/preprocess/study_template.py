@@ -40,7 +40,6 @@ thread pool and thread count from the parent.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import subprocess
@@ -53,6 +52,8 @@ from typing import TYPE_CHECKING, Any
 import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
+
+from earlyad.files import sha256_of
 
 if TYPE_CHECKING:  # ants is heavy and lives in the preprocessing environment only
     import ants
@@ -384,14 +385,6 @@ def _iterate(
     return (np.asarray(total, dtype=np.float64) / (_FIXED_POINT * len(items))).astype(np.float32)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _rescale01(data: np.ndarray) -> np.ndarray:
     """Min-max to [0, 1]: a fixed range whatever the inputs' scanner units."""
     lo, hi = float(data.min()), float(data.max())
@@ -408,7 +401,7 @@ def _write_manifest(
         "template": str(out_path),
         "n_candidates": n_candidates,
         "n_images": len(chosen),
-        "images": [{"path": str(p), "sha256": _sha256(p)} for p in chosen],
+        "images": [{"path": str(p), "sha256": sha256_of(p)} for p in chosen],
         **settings,
         "registration": {
             "type": "Affine",

@@ -47,6 +47,8 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
+from earlyad.files import sha256_of
+
 __all__ = [
     "CLINICA_MARKER_NAME",
     "CLINICA_URL",
@@ -135,15 +137,6 @@ class TemplatePaths:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (the T1 template is 34 MB uncompressed)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def clinica_resources_dir() -> Path:

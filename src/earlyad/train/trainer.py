@@ -47,6 +47,7 @@ from torch import nn
 from tqdm import tqdm
 
 from earlyad import CLASSES
+from earlyad.files import sha256_of
 from earlyad.train.data import (
     AugmentConfig,
     CachedVolumes,
@@ -214,14 +215,6 @@ class TrainingInterrupted(RuntimeError):
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def config_hash(config: TrainConfig, index_sha256: str) -> str:
@@ -591,7 +584,7 @@ def _train(
     model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
 
-    run_hash = config_hash(config, file_sha256(index_tsv))
+    run_hash = config_hash(config, sha256_of(index_tsv))
     last_path = state_dir / "last.pt"
     state, reason = _load_state(last_path, run_hash)
     selection = Selection(config.select_on, config.patience)
