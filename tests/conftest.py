@@ -71,3 +71,20 @@ def make_labels(n_per_class: int = 10, visits: int = 2, seed: int = 0) -> pd.Dat
 @pytest.fixture
 def labels_table() -> pd.DataFrame:
     return make_labels()
+
+
+def resample_to_grid(
+    img: nib.Nifti1Image, affine: np.ndarray, shape: tuple[int, int, int], interpolation: str
+) -> np.ndarray:
+    """``img`` (e.g. nilearn's bundled MNI152) resampled onto a test grid, as float32."""
+    from nilearn.image import resample_img
+
+    out = resample_img(
+        img,
+        target_affine=affine,
+        target_shape=shape,
+        interpolation=interpolation,
+        force_resample=True,
+        copy_header=True,
+    )
+    return np.asarray(out.get_fdata(), dtype=np.float32)

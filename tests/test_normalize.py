@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import resample_to_grid
 from scipy import ndimage as ndi
 
 pytest.importorskip("ants")
@@ -35,17 +36,7 @@ LANDMARK_MM = np.array([30.0, -20.0, 25.0])  # right hemisphere, world (RAS) mm
 
 
 def _resampled(img: nib.Nifti1Image, interpolation: str) -> np.ndarray:
-    from nilearn.image import resample_img
-
-    out = resample_img(
-        img,
-        target_affine=AFFINE,
-        target_shape=SHAPE,
-        interpolation=interpolation,
-        force_resample=True,
-        copy_header=True,
-    )
-    return np.asarray(out.get_fdata(), dtype=np.float32)
+    return resample_to_grid(img, AFFINE, SHAPE, interpolation)
 
 
 @pytest.fixture(scope="module")
