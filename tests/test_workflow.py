@@ -193,7 +193,9 @@ def test_bids_source_skips_conversion_and_labels_the_same_scans(run, tmp_path):
     cfg = tiny_config(
         tmp_path, dataset={"source": "bids", "bids_dir": str(run / "results" / "bids")}
     )
-    out = snakemake(tmp_path, "results/labels/labels.tsv", "--configfile", str(cfg)).stdout
+    proc = snakemake(tmp_path, "results/labels/labels.tsv", "--configfile", str(cfg))
+    out = proc.stdout + proc.stderr
+    assert "rule labels:" in out
     assert "adni_to_bids" not in out and "synthesize" not in out
     ours = read_tsv(tmp_path / "results" / "labels" / "labels.tsv")
     theirs = read_tsv(run / "results" / "labels" / "labels.tsv")
@@ -226,14 +228,15 @@ def test_a_corrupt_scan_is_excluded_by_name_and_the_run_goes_on(run, tmp_path):
     work = _copy_of_run(run, tmp_path / "work")
     pid, ses, image = _a_test_scan(work)
     _truncate(image)
-    out = snakemake(
+    proc = snakemake(
         work,
         "results/cache/index.tsv",
         "--configfile",
         str(work / "config.yaml"),
         "--rerun-triggers",
         "mtime",
-    ).stdout
+    )
+    out = proc.stdout + proc.stderr  # Snakemake 9 logs jobs on stderr
     assert "rule t1_linear:" in out and "rule study_template:" not in out
     exclusions = read_tsv(work / "results" / "qc" / "exclusions.tsv")
     row = exclusions[(exclusions.participant_id == pid) & (exclusions.session_id == ses)]
@@ -283,7 +286,8 @@ def test_clinica_backend_flows_through_the_dag_into_the_cache(run, tmp_path):
     ref = nib.load(work / "results" / "templates" / "ref_cropped_template.nii.gz")
     assert t1.shape == (169, 208, 179)
     np.testing.assert_allclose(t1.affine, ref.affine)
-    out = snakemake(work, "results/cache/index.tsv", *common).stdout
+    proc = snakemake(work, "results/cache/index.tsv", *common)
+    out = proc.stdout + proc.stderr
     assert "rule normalize:" in out and "rule study_template:" not in out
     qc = read_tsv(work / "results" / "qc" / "qc.tsv")
     assert len(qc[(qc.participant_id == pid) & (qc.session_id == ses)]) == 1
