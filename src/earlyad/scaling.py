@@ -158,7 +158,8 @@ def scaling_table(
                     "max_rss_mb": rss,
                 }
             )
-    return _add_ratios(pd.DataFrame(rows))[COLUMNS]
+    table = _add_ratios(pd.DataFrame(rows))[COLUMNS]
+    return table.round({c: 4 for c in ("elapsed_min", "cpu_time_min", "speedup", "cpu_efficiency")})
 
 
 def plot_metric(table: pd.DataFrame, metric: str, path: Path | str) -> None:
