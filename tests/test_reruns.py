@@ -131,9 +131,10 @@ def test_split_seed_marks_the_split_and_what_reads_it_stale(workflow_run: Path):
         tiny_config(workflow_run)
     by_rule = {j.rule: j for j in jobs}
     assert by_rule["split"].reason.startswith("Params have changed"), jobs
-    # the rules that read the manifests directly are planned now; the per-scan jobs after the
-    # checkpoint are re-planned once the new manifests exist (test_workflow checks that message)
-    for rule in ("study_template", "qc"):
+    # everything downstream is stale: QC and the tensor cache, training, the grid selection and
+    # the scaling runs; the per-scan jobs after the checkpoint (t1-linear, study template,
+    # normalization) are re-planned once the new manifests exist (test_workflow checks that)
+    for rule in ("qc", "train", "grid_summary", "scaling_train"):
         assert "Input files updated by another job" in by_rule[rule].reason, jobs
     assert not {"synthesize", "adni_to_bids", "check_adni", "labels"} & set(by_rule), jobs
 

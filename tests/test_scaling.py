@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
+from test_workflow import snakemake
 
 from earlyad.scaling import (
     COLUMNS,
@@ -18,6 +20,7 @@ from earlyad.scaling import (
     read_benchmark,
     scaling_table,
 )
+from earlyad.tables import read_tsv, write_tsv
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
@@ -101,8 +104,30 @@ def test_no_runs_is_refused():
 
 
 def test_written_table_reads_back(measured, tmp_path):
-    from earlyad.tables import read_tsv, write_tsv
-
     write_tsv(scaling_table(measured, epochs=1), tmp_path / "s.tsv")
     back = read_tsv(tmp_path / "s.tsv")
     assert isinstance(back, pd.DataFrame) and "impl" in back.columns and len(back) == 10
+
+
+@pytest.mark.slow
+def test_workflow_scaling_table_and_report(workflow_run: Path):
+    """The tiny run (config.yaml's benchmark.threads) measured every thread count, and the
+    report shows the table and plots under "Performance"."""
+    threads = yaml.safe_load((workflow_run / "config.yaml").read_text())["benchmark"]["threads"]
+    assert threads, "config/config.yaml must keep a small benchmark.threads for the demo"
+    table = read_tsv(workflow_run / "results" / "scaling" / "scaling.tsv")
+    ours = table[table.source == MEASURED]
+    assert sorted(ours["threads"].astype(int)) == sorted(threads)
+    assert (ours["impl"] == "python").all() and (ours["device"] == "cpu").all()
+    assert (ours["elapsed_min"].astype(float) > 0).all()
+    assert (ours["max_rss_mb"].astype(float) > 100).all()  # torch alone takes more
+    assert (table.source == PUBLISHED).sum() == len(STUDY_ROWS)
+    for t in threads:
+        log = (workflow_run / "logs" / "scaling_train" / f"python_t{t}.log").read_text()
+        assert f"torch threads {t}," in log
+    report = workflow_run / "scaling-report.html"
+    snakemake(
+        workflow_run, "--configfile", str(workflow_run / "config.yaml"), "--report", str(report)
+    )
+    html = report.read_text(errors="replace")
+    assert "Performance" in html and "scaling vs threads" in html

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,7 @@ def test_local_slurm_profile_puts_cpu_rules_on_cpu_and_training_on_gpu(
         "--forcerun",
         *forced,
     ]
+    started = time.time()
     try:
         proc = subprocess.run(
             ["timeout", "900", *cmd], cwd=work, env=env, capture_output=True, text=True
@@ -111,15 +113,17 @@ def test_local_slurm_profile_puts_cpu_rules_on_cpu_and_training_on_gpu(
     by_comment = {job.get("Comment", ""): job for job in jobs}
     assert all(job["JobState"] == "COMPLETED" for job in jobs), jobs
     # the two normalizations ran as ONE grouped job on the cpu partition
-    normalize = [j for c, j in by_comment.items() if "normalize" in c]
+    normalize = [j for c, j in by_comment.items() if "per_scan_normalize" in c]
     assert len(normalize) == 1, by_comment.keys()
     assert normalize[0]["Partition"] == "cpu"
-    assert "gpu" not in normalize[0].get("TRES", "")
+    assert "gpu" not in normalize[0].get("TresPerJob", "") + normalize[0].get("JOB_GRES", "")
+    assert all((work / path).stat().st_mtime > started for path in forced)
     # training ran on the gpu partition with the GPU GRES
     train = [j for c, j in by_comment.items() if c.startswith("rule_train")]
     assert len(train) == 1, by_comment.keys()
     assert train[0]["Partition"] == "gpu"
-    assert "gres/gpu=1" in train[0]["TRES"], train[0]
+    assert train[0]["TresPerJob"] == "gres:gpu:1", train[0]  # sbatch --gpus=1
+    assert train[0]["JOB_GRES"] == "gpu:1", train[0]  # and Slurm allocated it
     # local rules (qc, grid_summary) stayed off the cluster
     assert not [c for c in by_comment if "qc" in c or "grid_summary" in c]
     # the job had a GPU but no CUDA (the node's GPU is /dev/null): the trainer says so

@@ -75,8 +75,6 @@ GresTypes=gpu
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-# list the GPU among a job's TRES in scontrol show job (the test reads it)
-AccountingStorageTRES=gres/gpu
 MinJobAge=600
 ReturnToService=2
 MpiDefault=none
@@ -118,8 +116,16 @@ else
     slurmd || die "slurmd did not start, see $LOG_DIR/slurmd.log"
 fi
 
-# sinfo hangs while slurmctld is still coming up, so every call is bounded
-for _ in $(seq "$WAIT_S"); do
+# sinfo hangs while slurmctld is still coming up, so every call is bounded; a daemon that died
+# (bad config) fails the start at once, with the end of its log
+deadline=$((SECONDS + WAIT_S))
+while [ "$SECONDS" -lt "$deadline" ]; do
+    for daemon in slurmctld slurmd; do
+        if ! running "$daemon"; then
+            tail -5 "$LOG_DIR/$daemon.log" >&2 || true
+            die "$daemon exited, see $LOG_DIR/$daemon.log"
+        fi
+    done
     state=$(timeout 5 sinfo -h -N -n "$NODE" -o %T 2>/dev/null | head -1 || true)
     case "$state" in
         idle|mixed|allocated) say "node $NODE is $state (partitions cpu, gpu)"; exit 0 ;;
