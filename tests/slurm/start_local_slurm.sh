@@ -49,7 +49,8 @@ CONF=$CONF_DIR/slurm.conf
 NEW_CONF=$(cat <<CONF
 # Written by tests/slurm/start_local_slurm.sh: a one-node test cluster (do not edit by hand).
 ClusterName=earlyad-local
-SlurmctldHost=$NODE
+# loopback addresses: the host name need not resolve (containers, CI)
+SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -79,7 +80,7 @@ MinJobAge=600
 ReturnToService=2
 MpiDefault=none
 SwitchType=switch/none
-$NODE_LINE Gres=gpu:1 State=UNKNOWN
+$NODE_LINE NodeAddr=127.0.0.1 Gres=gpu:1 State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$NODE Default=NO MaxTime=INFINITE State=UP
 CONF
