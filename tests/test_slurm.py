@@ -26,7 +26,6 @@ from earlyad.tables import read_tsv
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SCRIPTS = REPO / "tests" / "slurm"
-pytestmark = pytest.mark.slow
 
 
 def skip_reason() -> str | None:
@@ -77,6 +76,7 @@ def slurm_jobs(workdir: Path) -> list[dict[str, str]]:
     return jobs
 
 
+@pytest.mark.slow
 def test_local_slurm_profile_puts_cpu_rules_on_cpu_and_training_on_gpu(
     workflow_run: Path, slurm_cluster, tmp_path: Path
 ):
@@ -130,3 +130,14 @@ def test_local_slurm_profile_puts_cpu_rules_on_cpu_and_training_on_gpu(
     device = (work / "results" / "training" / run_name / "device.txt").read_text()
     assert "device\tcpu" in device and "cuda.is_available() is False" in device
     assert f"rule_train_wildcards_{run_name}" in by_comment
+
+
+def test_skips_only_without_root_or_a_way_to_install_slurm(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "needs root" in skip_reason()
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert "apt-get is missing" in skip_reason()
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert skip_reason() is None
