@@ -74,6 +74,7 @@ def all_targets():
             "results/training/grid_summary.tsv",
         ]
         + expand("results/training/{run}/learning_curves.png", run=RUNS)
+        + expand("results/gradcam/{run}/localization.tsv", run=RUNS)
     )
 
 
@@ -140,3 +141,23 @@ def run_hyperparameters(wildcards):
     """
     run = next(r for r in config["training"]["grid"] if r["name"] == wildcards.run)
     return {**TRAIN_DEFAULTS, **{k: v for k, v in run.items() if k != "name"}}
+
+
+# ---------------------------------------------------------------- Grad-CAM
+def gradcam_settings(wildcards):
+    """The ``gradcam:`` settings the stage takes (threads go to the rule's ``threads``)."""
+    return {k: v for k, v in config["gradcam"].items() if k != "threads"}
+
+
+def gradcam_inputs(wildcards):
+    """Predictions of the explained split, its normalized scans and, for the synthetic cohort,
+    the ground-truth masks with the t1-linear folders holding the transforms they go through."""
+    split = config["gradcam"]["split"]
+    inputs = {
+        "predictions": f"results/training/{wildcards.run}/predictions_{split}.tsv",
+        "scans": scan_dirs("normalized", [split]),
+    }
+    if SOURCE == "synthetic":
+        inputs["truth"] = "results/synthetic/ground_truth"
+        inputs["t1_linear"] = scan_dirs("t1_linear", [split])
+    return inputs
