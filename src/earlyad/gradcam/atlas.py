@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from earlyad.gradcam.regions import REGIONS, AtlasFiles, atlas_paths
 from earlyad.gradcam.transforms import read_ants_affine, resample_to_grid
 from earlyad.synth.brain import (
     DEFAULT_TEMPLATE_DIR,
@@ -40,48 +40,7 @@ from earlyad.synth.brain import (
     lateral_ventricle_mask,
 )
 
-__all__ = [
-    "HIPPOCAMPUS",
-    "REGIONS",
-    "AtlasFiles",
-    "atlas_paths",
-    "atlas_stage",
-    "build_atlas",
-    "load_atlas",
-    "region_masks",
-    "template_to_mni",
-]
-
-#: Region -> AAL label names (None: Colin27's lateral ventricles). Codes in the label image are
-#: the 1-based positions in this dict.
-REGIONS: dict[str, tuple[str, ...] | None] = {
-    "hippocampus": ("Hippocampus_L", "Hippocampus_R"),
-    "parahippocampal": ("ParaHippocampal_L", "ParaHippocampal_R"),
-    "amygdala": ("Amygdala_L", "Amygdala_R"),
-    "lateral_ventricles": None,
-}
-HIPPOCAMPUS = "hippocampus"
-
-
-@dataclass(frozen=True)
-class AtlasFiles:
-    """What :func:`build_atlas` writes into one folder."""
-
-    regions: Path  # regions.nii.gz: uint8 codes of REGIONS on the normalized grid
-    brain: Path  # brain_mask.nii.gz: the template brain mask on the same grid
-    table: Path  # regions.tsv: code, region, labels, label values, voxels, mL
-    transform: Path  # template_to_mni.json: the world affine and how far it is from identity
-
-
-def atlas_paths(folder: Path) -> AtlasFiles:
-    """The four files of an atlas folder."""
-    folder = Path(folder)
-    return AtlasFiles(
-        folder / "regions.nii.gz",
-        folder / "brain_mask.nii.gz",
-        folder / "regions.tsv",
-        folder / "template_to_mni.json",
-    )
+__all__ = ["atlas_stage", "build_atlas", "template_to_mni"]
 
 
 def _aal_values(atlas: np.ndarray, table: dict[str, list[int]], names: Sequence[str]) -> list[int]:
@@ -204,22 +163,6 @@ def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img.set_sform(affine, code=2)
     img.set_qform(affine, code=2)
     nib.save(img, str(path))
-
-
-def load_atlas(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(region label image, brain mask, affine) of an atlas folder."""
-    paths = atlas_paths(folder)
-    for p in (paths.regions, paths.brain):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} is missing: build the atlas first (rule gradcam_atlas)")
-    img = nib.load(paths.regions)
-    brain = np.asarray(nib.load(paths.brain).dataobj) > 0
-    return np.asarray(img.dataobj).astype(np.uint8), brain, img.affine
-
-
-def region_masks(labels: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean mask of each region of :data:`REGIONS` from the label image."""
-    return {name: labels == code for code, name in enumerate(REGIONS, start=1)}
 
 
 def atlas_stage(

@@ -28,14 +28,14 @@ import pandas as pd
 import torch
 
 from earlyad import CLASSES
-from earlyad.gradcam.atlas import HIPPOCAMPUS, load_atlas, region_masks
 from earlyad.gradcam.figures import PLANES, crop_span, gif_frames, group_montage, write_gif
 from earlyad.gradcam.maps import VolumeGradCAM, crop_box, place_in_volume, save_map
+from earlyad.gradcam.regions import HIPPOCAMPUS, load_atlas, region_masks
 from earlyad.gradcam.scores import localization, region_shares
 from earlyad.gradcam.threshold import MODES, threshold_map
 from earlyad.gradcam.transforms import compose, read_ants_affine, resample_to_grid
+from earlyad.preprocess import TRANSFORM_SUFFIX
 from earlyad.preprocess.montage import three_plane_montage
-from earlyad.preprocess.normalize import TRANSFORM_SUFFIX
 from earlyad.tables import write_tsv
 from earlyad.train.data import seeded_subset
 from earlyad.train.trainer import load_model

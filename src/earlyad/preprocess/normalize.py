@@ -56,6 +56,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
+from earlyad.preprocess import TRANSFORM_SUFFIX
 from earlyad.preprocess.montage import three_plane_montage
 from earlyad.preprocess.study_template import (
     downsample,
@@ -100,10 +101,6 @@ NCC_SMOOTHING_MM = 2.0
 #: Fewer millilitres than this above Otsu, in one piece, is not a brain (a normal one is
 #: 1000-1600 mL; the cropped MNI brain mask is 1900 mL): the scan is rejected.
 MIN_BRAIN_ML = 300.0
-
-
-#: File name ending of the saved registration affine (ANTs/ITK .mat, see the module docstring).
-TRANSFORM_SUFFIX = "_to-template_affine.mat"
 
 
 class BadScanError(ValueError):
