@@ -91,6 +91,7 @@ class VolumeGradCAM:
         """Grad-CAM of ``class_idx`` (default: the predicted class) for a (D, H, W) crop."""
         device = next(self.model.parameters()).device
         x = torch.as_tensor(np.asarray(crop, dtype=np.float32), device=device)[None, None]
+        x.requires_grad_(True)  # so the hooks also fire when the target is the first layer
         with torch.enable_grad():
             logits = self.model(x).detach()
             idx = int(logits.argmax(1).item()) if class_idx is None else int(class_idx)

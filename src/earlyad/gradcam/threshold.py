@@ -3,8 +3,9 @@
 The study's three modes (REFERENCE.md, Grad-CAM), chosen by ``gradcam.mode`` or
 ``earlyad gradcam --mode``:
 
-* ``percentile``: keep the top ``p`` % of the region's voxels (threshold = the
-  ``100 - p`` th percentile of their values);
+* ``percentile``: keep the top ``p`` % of the region's voxels: the threshold is the value of
+  the ``k = round(p n / 100)``-th highest of its ``n`` voxels (at least 1), and voxels at or
+  above it are kept (ties included), so exactly ``k`` voxels when the values differ;
 * ``otsu``: Otsu's threshold of the region's values (scikit-image), which splits a bimodal
   histogram where the between-class variance is largest;
 * ``mean_std``: mean + ``k`` standard deviations of the region's values.
@@ -12,7 +13,7 @@ The study's three modes (REFERENCE.md, Grad-CAM), chosen by ``gradcam.mode`` or
 Region: the hippocampus (AAL, :mod:`.atlas`) when restricting to it, else the centred crop the
 network saw. When the hippocampus mask does not overlap the crop (a scan or atlas in another
 space), the centred crop is used instead and the fallback is recorded, never silently.
-Only voxels strictly above the threshold and above 0 are kept.
+Kept voxels are above 0 and above the threshold (at or above it for ``percentile``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def threshold_value(
     if mode == "percentile":
         if not 0.0 < percentile <= 100.0:
             raise ValueError(f"gradcam percentile must be in (0, 100], got {percentile}")
-        return float(np.percentile(values, 100.0 - percentile))
+        k = max(1, round(percentile * values.size / 100.0))
+        return float(np.partition(values, values.size - k)[values.size - k])
     if mode == "otsu":
         if float(values.max()) == float(values.min()):
             return float(values.max())
@@ -89,7 +91,6 @@ def threshold_map(
     """Threshold ``cam`` within the region of :func:`restriction_region`."""
     region, fell_back = restriction_region(crop, hippocampus)
     value = threshold_value(cam[region], mode, percentile, k)
-    mask = region & (cam > value) & (cam > 0)
-    if mode == "percentile" and not mask.any() and cam[region].max() > 0:
-        mask = region & (cam >= value) & (cam > 0)  # ties at the top: keep them
+    above = cam >= value if mode == "percentile" else cam > value
+    mask = region & above & (cam > 0)
     return Thresholded(mask, value, int(region.sum()), fell_back)

@@ -56,7 +56,11 @@ def read_ants_affine(path: Path) -> np.ndarray:
 
 
 def compose(*maps: np.ndarray) -> np.ndarray:
-    """``maps[0] @ maps[1] @ ...``: listed like ANTs' ``transformlist`` (the last acts first)."""
+    """``maps[0] @ maps[1] @ ...``: the LAST map acts first on a point.
+
+    Note that ANTs' ``transformlist`` is the other way round: ``[A, B]`` applies ``A`` to the
+    fixed point first (measured: it equals ``compose(B, A)``; tested).
+    """
     out = np.eye(4)
     for m in maps:
         out = out @ np.asarray(m, dtype=np.float64)
