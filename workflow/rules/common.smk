@@ -151,7 +151,8 @@ def gradcam_settings(wildcards):
 
 def gradcam_inputs(wildcards):
     """Predictions of the explained split, its normalized scans and, for the synthetic cohort,
-    the ground-truth masks with the t1-linear folders holding the transforms they go through."""
+    the ground-truth masks with the t1-linear folders holding the transforms they go through.
+    """
     split = config["gradcam"]["split"]
     inputs = {
         "predictions": f"results/training/{wildcards.run}/predictions_{split}.tsv",
