@@ -179,7 +179,7 @@ def test_gradcam_outputs(run):
     # the synthetic cohort's atrophy masks went through each scan's own transforms
     assert loc["transforms"].iloc[0] == "exact (affines)"
     assert (loc["top_decile_chance"].astype(float) > 0).all()
-    atlas = json.loads((run / "results" / "gradcam" / "atlas" / "template_to_mni.json").read_text())
+    atlas = json.loads((run / "results" / "atlas" / "template_to_mni.json").read_text())
     assert atlas["max_shift_in_brain_mm"] < 10
 
 

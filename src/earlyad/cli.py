@@ -125,7 +125,7 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--normalized", type=Path, default=Path("results/normalized"))
-    p.add_argument("--atlas", type=Path, default=Path("results/gradcam/atlas"))
+    p.add_argument("--atlas", type=Path, default=Path("results/atlas"))
     p.add_argument("--ground-truth", type=Path, default=None, help="synthetic cohort.tsv")
     p.add_argument("--t1-linear", type=Path, default=Path("results/t1_linear"))
     p.add_argument("--out", type=Path, default=None, help="default results/gradcam/<run>")
@@ -139,7 +139,7 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mask", type=Path, default=Path("results/templates/mni_cropped_brainmask.nii.gz")
     )
-    p.add_argument("--out", type=Path, default=Path("results/gradcam/atlas"))
+    p.add_argument("--out", type=Path, default=Path("results/atlas"))
     p.add_argument(
         "--no-register",
         dest="register",

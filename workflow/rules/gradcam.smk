@@ -9,15 +9,15 @@ rule gradcam_atlas:
         mask="results/templates/mni_cropped_brainmask.nii.gz",
         code=code("gradcam/atlas.py", "gradcam/transforms.py", "synth/brain.py"),
     output:
-        regions="results/gradcam/atlas/regions.nii.gz",
-        brain="results/gradcam/atlas/brain_mask.nii.gz",
+        regions="results/atlas/regions.nii.gz",
+        brain="results/atlas/brain_mask.nii.gz",
         table=report(
-            "results/gradcam/atlas/regions.tsv",
+            "results/atlas/regions.tsv",
             caption="../report/gradcam_atlas.rst",
             category="Explainability",
             labels={"table": "atlas regions"},
         ),
-        transform="results/gradcam/atlas/template_to_mni.json",
+        transform="results/atlas/template_to_mni.json",
     log:
         "logs/gradcam_atlas/gradcam_atlas.log",
     conda:
@@ -38,8 +38,8 @@ rule gradcam:
     input:
         unpack(gradcam_inputs),
         model="results/training/{run}/model.pt",
-        regions="results/gradcam/atlas/regions.nii.gz",
-        brain="results/gradcam/atlas/brain_mask.nii.gz",
+        regions="results/atlas/regions.nii.gz",
+        brain="results/atlas/brain_mask.nii.gz",
         code=code(
             "gradcam/stage.py",
             "gradcam/maps.py",
