@@ -7,7 +7,12 @@ rule gradcam_atlas:
         template=normalization_template,
         mni="results/templates/ref_cropped_template.nii.gz",
         mask="results/templates/mni_cropped_brainmask.nii.gz",
-        code=code("gradcam/atlas.py", "gradcam/transforms.py", "synth/brain.py"),
+        code=code(
+            "gradcam/atlas.py",
+            "gradcam/regions.py",
+            "gradcam/transforms.py",
+            "synth/brain.py",
+        ),
     output:
         regions="results/atlas/regions.nii.gz",
         brain="results/atlas/brain_mask.nii.gz",
@@ -46,7 +51,7 @@ rule gradcam:
             "gradcam/threshold.py",
             "gradcam/scores.py",
             "gradcam/figures.py",
-            "gradcam/atlas.py",
+            "gradcam/regions.py",
             "gradcam/transforms.py",
             "preprocess/montage.py",
             "train/model.py",
