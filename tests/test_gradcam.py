@@ -497,3 +497,21 @@ def test_select_scans_is_sorted_and_seeded() -> None:
     assert select_scans(df, 0, 0)["participant_id"].tolist() == ["a", "b", "c", "d"]
     two = select_scans(df, 2, 5)
     assert len(two) == 2 and two.equals(select_scans(df, 2, 5))
+
+
+def test_cli_takes_the_threshold_mode(stage_inputs: dict[str, Path], tmp_path: Path) -> None:
+    from earlyad.cli import build_parser, main
+
+    args = build_parser().parse_args(["gradcam", "results/training/r", "--mode", "otsu"])
+    assert args.mode == "otsu" and args.atlas == Path("results/atlas")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["gradcam", "r", "--mode", "median"])
+    root = stage_inputs["root"]
+    argv = ["gradcam", str(stage_inputs["run"]), "--mode", "mean_std", "--k", "2",
+            "--max-scans", "1", "--normalized", str(root / "normalized"),
+            "--atlas", str(root / "atlas"), "--out", str(tmp_path / "cli")]  # fmt: skip
+    assert main(argv) == 0
+    assert set(pd.read_csv(tmp_path / "cli" / "scans.tsv", sep="\t")["threshold_mode"]) == {
+        "mean_std"
+    }
+    assert main([*argv[:-2], "--atlas", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2

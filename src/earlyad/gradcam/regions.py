@@ -51,7 +51,10 @@ def load_atlas(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     paths = atlas_paths(folder)
     for p in (paths.regions, paths.brain):
         if not p.is_file():
-            raise FileNotFoundError(f"{p} is missing: build the atlas first (rule gradcam_atlas)")
+            raise FileNotFoundError(
+                f"{p} is missing: build the atlas first "
+                "(rule gradcam_atlas, or `earlyad gradcam-atlas`)"
+            )
     img = nib.load(paths.regions)
     brain = np.asarray(nib.load(paths.brain).dataobj) > 0
     return np.asarray(img.dataobj).astype(np.uint8), brain, img.affine
