@@ -143,22 +143,56 @@ def _truth_on_grid(
     mask = resample_to_grid(
         np.asarray(mask_img.dataobj).astype(np.uint8), mask_img.affine, shape, affine, world
     )
-    status = (
-        json.loads((t1_dir / "status.json").read_text())
-        if (t1_dir / "status.json").exists()
-        else {}
+    if _t1_linear_backend(t1_dir) == "native":
+        return mask, "exact (affines)"
+    return mask, "approximate: Clinica's t1-linear is a SyN warp of which only the affine is saved"
+
+
+def _t1_linear_backend(t1_dir: Path) -> str:
+    """The backend t1-linear ran with (its status.json; ``native`` when not recorded)."""
+    status = Path(t1_dir) / "status.json"
+    return (
+        str(json.loads(status.read_text()).get("backend", "native"))
+        if status.exists()
+        else "native"
     )
-    how = (
-        "exact (affines)"
-        if status.get("backend", "native") == "native"
-        else ("approximate: Clinica's t1-linear is a SyN warp of which only the affine is saved")
-    )
-    return mask, how
 
 
 def _peak_mm(cam: np.ndarray, affine: np.ndarray) -> list[float]:
     ijk = np.unravel_index(int(np.argmax(cam)), cam.shape)
     return [round(float(v), 1) for v in (affine @ np.append(np.asarray(ijk, float), 1.0))[:3]]
+
+
+def _write_pictures(
+    scan: np.ndarray,
+    shown: np.ndarray,
+    affine: np.ndarray,
+    box: tuple[slice, ...],
+    hippocampus: np.ndarray,
+    peak_mm: Sequence[float],
+    out_dir: Path,
+    stem: str,
+    classes: tuple[str, str, str],
+    threshold: str,
+    gif_stride: int,
+) -> None:
+    """The three GIFs (through the crop, coloured by the predicted class) and the montage
+    (through ``peak_mm``, hippocampus outlined) of one scan; ``classes`` is (true, predicted,
+    explained)."""
+    true_class, predicted, explained = classes
+    scan_id = stem.replace("_", " ")
+    title = f"{scan_id}\ntrue {true_class}, map of {explained}"
+    for plane, axis in PLANES.items():
+        span = crop_span(box, scan.shape, affine, axis)
+        frames = gif_frames(scan, shown, affine, plane, predicted, title, gif_stride, span=span)
+        write_gif(frames, out_dir / "scans" / f"{stem}_{plane}.gif")
+    title = (
+        f"{scan_id}  true {true_class}  predicted {predicted}  map of {explained}  ({threshold})"
+    )
+    three_plane_montage(
+        scan, affine, out_dir / "montages" / f"{stem}.png", title, overlay=shown,
+        mask_contour=hippocampus, contour_color="cyan", cut_mm=peak_mm, overlay_range=(0.0, 1.0),
+    )  # fmt: skip
 
 
 def _explain_scan(
@@ -199,20 +233,14 @@ def _explain_scan(
     predicted = CLASSES[int(np.argmax(result.probabilities))]
     true_class = CLASSES[int(row["true_label"])]
     explained = CLASSES[result.class_idx]
-    title = f"{pid} {ses}\ntrue {true_class}, map of {explained}"
-    for plane, axis in PLANES.items():
-        span = crop_span(box, volume.shape, img.affine, axis)
-        frames = gif_frames(
-            scan, shown, img.affine, plane, predicted, title, settings.gif_stride, span=span
-        )
-        write_gif(frames, scans_dir / f"{pid}_{ses}_{plane}.gif")
     peak = _peak_mm(cam, img.affine)
-    title = f"{pid} {ses}  true {true_class}  predicted {predicted}  map of {explained}"
-    three_plane_montage(
-        scan, img.affine, out_dir / "montages" / f"{pid}_{ses}.png",
-        f"{title}  ({settings.mode} threshold {thr.value:.2f})", overlay=shown,
-        mask_contour=regions[HIPPOCAMPUS], contour_color="cyan", cut_mm=peak,
-        overlay_range=(0.0, 1.0),
+    # the montage cuts through what it shows: the thresholded map's peak (inside the
+    # hippocampus when restricted), the whole map's when nothing passed the threshold
+    cut = _peak_mm(shown, img.affine) if shown.any() else peak
+    _write_pictures(
+        scan, shown, img.affine, box, regions[HIPPOCAMPUS], cut, out_dir, f"{pid}_{ses}",
+        (true_class, predicted, explained), f"{settings.mode} threshold {thr.value:.2f}",
+        settings.gif_stride,
     )  # fmt: skip
     domain = brain & in_crop
     record: dict[str, Any] = {
@@ -221,7 +249,7 @@ def _explain_scan(
         "true_class": true_class,
         "predicted_class": predicted,
         "predicted_class_saved": CLASSES[int(row["predicted_label"])],
-        "explained_class": CLASSES[result.class_idx],
+        "explained_class": explained,
         **{
             f"prob_{c}": round(float(p), 6)
             for c, p in zip(CLASSES, result.probabilities, strict=True)
@@ -333,27 +361,54 @@ def _left_hippocampus_mm(hippocampus: np.ndarray, affine: np.ndarray) -> np.ndar
     return (left if len(left) else world).mean(axis=0)
 
 
+class _GroupMeans:
+    """Running sums of the maps per true and per predicted class, and of the scans (the
+    montage's background): memory for one volume per group, whatever the number of scans."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = {}
+        self.background: np.ndarray | None = None
+        self.n = 0
+
+    def add(self, cam: np.ndarray, scan: np.ndarray, true_class: str, predicted: str) -> None:
+        """Count one scan's map in its true and its predicted class."""
+        for key in (f"true-{true_class}", f"pred-{predicted}"):
+            if key not in self.sums:
+                self.sums[key] = np.zeros(cam.shape, np.float64)
+                self.counts[key] = 0
+            self.sums[key] += cam
+            self.counts[key] += 1
+        self.background = scan.astype(np.float64) + (
+            0.0 if self.background is None else self.background
+        )
+        self.n += 1
+
+    def means(self) -> dict[str, np.ndarray]:
+        """Mean map per group, true classes first, each in CLASSES order."""
+        keys = [f"{g}-{c}" for g in ("true", "pred") for c in CLASSES]
+        return {
+            k: (self.sums[k] / self.counts[k]).astype(np.float32) for k in keys if k in self.sums
+        }
+
+
 def _group_maps(
-    scans: pd.DataFrame, cams: Sequence[np.ndarray], images: Sequence[np.ndarray], like: Path,
-    atlas_labels: np.ndarray, affine: np.ndarray, out_dir: Path, run: str,
+    groups: _GroupMeans, like: Path, atlas_labels: np.ndarray, affine: np.ndarray,
+    out_dir: Path, run: str,
 ) -> None:  # fmt: skip
     """Mean map per true and per predicted class (NIfTI) and one montage of them all."""
+    if groups.background is None:
+        raise ValueError("no scans were explained")
     group_dir = out_dir / "group"
     group_dir.mkdir(parents=True, exist_ok=True)
-    stack = np.stack(cams)
-    maps, counts = {}, {}
-    for grouping, column in (("true", "true_class"), ("pred", "predicted_class")):
-        for cls in CLASSES:
-            rows = np.flatnonzero((scans[column] == cls).to_numpy())
-            if rows.size == 0:
-                continue
-            mean = stack[rows].mean(axis=0)
-            save_map(mean, like, group_dir / f"mean_{grouping}-{cls}.nii.gz")
-            maps[f"{grouping} {cls}"] = mean
-            counts[f"{grouping} {cls}"] = int(rows.size)
+    maps = groups.means()
+    for key, mean in maps.items():
+        save_map(mean, like, group_dir / f"mean_{key}.nii.gz")
+    labelled = {k.replace("-", " "): v for k, v in maps.items()}
+    counts = {k.replace("-", " "): groups.counts[k] for k in maps}
     cut = _left_hippocampus_mm(atlas_labels == 1, affine)
     group_montage(
-        np.mean(np.stack(images), axis=0), maps, counts, affine, cut, out_dir / "group_montage.png",
+        groups.background / groups.n, labelled, counts, affine, cut, out_dir / "group_montage.png",
         f"{run}: mean Grad-CAM per true and predicted class (cut through the hippocampus)",
     )  # fmt: skip
 
@@ -394,7 +449,7 @@ def run_gradcam(
         cohort = pd.read_csv(ground_truth, sep="\t", dtype=str)
         truth_rows = {(r.participant_id, r.session_id): r for _, r in cohort.iterrows()}
     voxel = float(np.linalg.norm(atlas[2][:3, 0]))
-    records, cams, images, notes = [], [], [], set()
+    records, notes, groups = [], set(), _GroupMeans()
     like = None
     t0 = time.perf_counter()
     for _, row in chosen.iterrows():
@@ -411,8 +466,7 @@ def run_gradcam(
             in_crop[crop_box(cam.shape, crop)] = True
             _localize(record, truth, cam, atlas[1] & in_crop, settings, voxel)
         records.append(record)
-        cams.append(cam)
-        images.append(scan)
+        groups.add(cam, scan, record["true_class"], record["predicted_class"])
         like = normalized_root / key[0] / key[1] / f"{key[0]}_{key[1]}_desc-norm_T1w.nii.gz"
         log.info(
             "%s %s: explained %s (fallback %s)",
@@ -425,9 +479,7 @@ def run_gradcam(
     write_tsv(_region_table(scans), out_dir / "regions.tsv")
     note = "; ".join(sorted(notes)) if notes else "no ground truth (not the synthetic cohort)"
     write_tsv(_localization_table(scans, settings, note), out_dir / "localization.tsv")
-    _group_maps(
-        scans, cams, images, like, atlas[0], atlas[2], out_dir, Path(model_path).parent.name
-    )
+    _group_maps(groups, like, atlas[0], atlas[2], out_dir, Path(model_path).parent.name)
     (out_dir / "settings.json").write_text(
         json.dumps({**asdict(settings), "layer_name": engine.layer, "model": str(model_path),
                     "model_epoch": ckpt.get("epoch"), "n_scans": len(scans),
