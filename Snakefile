@@ -18,6 +18,7 @@ include: "workflow/rules/splits.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/scaling.smk"
+include: "workflow/rules/gradcam.smk"
 
 
 rule all:

@@ -154,10 +154,38 @@ def test_training_outputs(run):
     assert summary["selected"].astype(str).tolist() == ["True"]
 
 
+def test_gradcam_outputs(run):
+    name = yaml.safe_load((run / "config.yaml").read_text())["training"]["grid"][0]["name"]
+    out = run / "results" / "gradcam" / name
+    preds = read_tsv(run / "results" / "training" / name / "predictions_test.tsv")
+    scans = read_tsv(out / "scans.tsv")
+    assert len(scans) == len(preds) and set(scans["threshold_mode"]) == {"percentile"}
+    for row in scans.itertuples():
+        stem = f"{row.participant_id}_{row.session_id}"
+        norm = run / "results" / "normalized" / row.participant_id / row.session_id
+        scan = nib.load(norm / f"{stem}_desc-norm_T1w.nii.gz")
+        cam = nib.load(out / "scans" / f"{stem}_gradcam.nii.gz")
+        np.testing.assert_allclose(cam.affine, scan.affine)  # overlays the scan in any viewer
+        assert cam.shape == scan.shape
+        for plane in ("axial", "coronal", "sagittal"):
+            assert (out / "scans" / f"{stem}_{plane}.gif").stat().st_size > 0
+        assert (out / "montages" / f"{stem}.png").is_file()
+    assert (out / "group_montage.png").is_file() and list((out / "group").glob("mean_*.nii.gz"))
+    regions = read_tsv(out / "regions.tsv")
+    assert {"hippocampus", "lateral_ventricles"} <= set(regions["region"])
+    loc = read_tsv(out / "localization.tsv")
+    # the synthetic cohort's atrophy masks went through each scan's own transforms
+    assert loc["transforms"].iloc[0] == "exact (affines)"
+    assert (loc["top_decile_chance"].astype(float) > 0).all()
+    atlas = json.loads((run / "results" / "atlas" / "template_to_mni.json").read_text())
+    assert atlas["max_shift_in_brain_mm"] < 10
+
+
 def test_report_is_generated(run):
     snakemake(run, "--configfile", str(run / "config.yaml"), "--report", "report.html")
     html = (run / "report.html").read_text(errors="replace")
     assert "earlyad" in html and "cohort per split" in html
+    assert "Explainability" in html
 
 
 def test_broken_download_fails_before_clinica_naming_the_file(run, tmp_path):

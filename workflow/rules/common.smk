@@ -77,6 +77,7 @@ def all_targets():
         ]
         + expand("results/training/{run}/learning_curves.png", run=RUNS)
         + (["results/scaling/scaling.tsv"] if SCALING["threads"] else [])
+        + expand("results/gradcam/{run}/localization.tsv", run=RUNS)
     )
 
 
@@ -181,3 +182,24 @@ def scaling_hyperparameters(wildcards):
 
 if SCALING["threads"]:
     _scaling_run()  # a wrong benchmark.run stops the workflow before anything runs
+
+
+# ---------------------------------------------------------------- Grad-CAM
+def gradcam_settings(wildcards):
+    """The ``gradcam:`` settings the stage takes (threads go to the rule's ``threads``)."""
+    return {k: v for k, v in config["gradcam"].items() if k != "threads"}
+
+
+def gradcam_inputs(wildcards):
+    """Predictions of the explained split, its normalized scans and, for the synthetic cohort,
+    the ground-truth masks with the t1-linear folders holding the transforms they go through.
+    """
+    split = config["gradcam"]["split"]
+    inputs = {
+        "predictions": f"results/training/{wildcards.run}/predictions_{split}.tsv",
+        "scans": scan_dirs("normalized", [split]),
+    }
+    if SOURCE == "synthetic":
+        inputs["truth"] = "results/synthetic/ground_truth"
+        inputs["t1_linear"] = scan_dirs("t1_linear", [split])
+    return inputs
