@@ -24,8 +24,12 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from test_trainer import TINY, make_tiny_data
+from test_workflow import snakemake as run_snakemake
+from test_workflow import tiny_config
 
+from earlyad.config import ConfigError, validate_config
 from earlyad.train.cpp_twin import find_app, plan_epochs, train_cpp, train_shapes, write_plan
 from earlyad.train.data import (
     AugmentConfig,
@@ -45,6 +49,7 @@ from earlyad.train.trainer import (
     train,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 SMALL = ModelConfig(width=0.0625)
 
@@ -69,9 +74,7 @@ def run_app(app: Path, *args: object, expect_ok: bool = True) -> subprocess.Comp
 
 
 def save_model(model: ClassifierCNN, path: Path) -> Path:
-    torch.save(
-        {"state_dict": dict(model.state_dict()), "model_config": vars(model.config)}, path
-    )
+    torch.save({"state_dict": dict(model.state_dict()), "model_config": vars(model.config)}, path)
     return path
 
 
@@ -275,3 +278,30 @@ def test_train_app_refuses_an_unknown_setting(twin_runs, apps, tmp_path):
     bad.write_text(run.replace("hyperparameters:\n", "hyperparameters:\n  learning_rate: 1\n"))
     done = run_app(apps["train_app"], bad, expect_ok=False)
     assert done.returncode == 1 and "unknown training setting 'learning_rate'" in done.stderr
+
+
+# --------------------------------------------------------------------------- workflow wiring
+
+
+def test_grid_names_may_not_take_the_twins_suffix():
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert validate_config(config)["training"]["impl"] == "python"
+    config["training"]["grid"] = [{"name": "run_cpp"}]
+    with pytest.raises(ConfigError, match="run name 'run_cpp' ends in '_cpp'"):
+        validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("impl", "python_runs", "cpp_runs"), [("python", 1, 0), ("cpp", 0, 1), ("both", 1, 1)]
+)
+def test_impl_selects_the_trainers_in_the_dag(tmp_path, impl, python_runs, cpp_runs):
+    cfg = tiny_config(tmp_path, training={"impl": impl})
+    out = run_snakemake(tmp_path, "--configfile", str(cfg), "-n", "--quiet", "rules").stdout
+    counts = {
+        line.split()[0]: int(line.split()[1])
+        for line in out.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
+    assert counts.get("train", 0) == python_runs
+    assert counts.get("train_cpp", 0) == cpp_runs
+    assert counts.get("build_cpp", 0) == min(cpp_runs, 1)

@@ -199,3 +199,25 @@ def test_bids_source_skips_conversion_and_labels_the_same_scans(run, tmp_path):
     theirs = read_tsv(run / "results" / "labels" / "labels.tsv")
     key = ["participant_id", "session_id", "diagnosis", "age", "sex"]
     pd.testing.assert_frame_equal(ours[key], theirs[key])
+
+
+def test_cpp_twin_trains_beside_python(run):
+    """training.impl both: the C++ twin is built once and trains each run as <name>_cpp,
+    with the same outputs, and the grid summary lists both implementations."""
+    cfg = str(run / "config.yaml")
+    tiny_config(run, training={"impl": "both"})
+    try:
+        out = snakemake(run, "--configfile", cfg).stdout
+    finally:
+        tiny_config(run)
+    name = yaml.safe_load((run / "config.yaml").read_text())["training"]["grid"][0]["name"]
+    assert "rule train:" not in out  # the Python run is up to date
+    py_dir, cpp_dir = (run / "results" / "training" / n for n in (name, f"{name}_cpp"))
+    for table in ("log.tsv", "predictions_val.tsv", "predictions_test.tsv"):
+        py, cpp = read_tsv(py_dir / table), read_tsv(cpp_dir / table)
+        assert list(cpp.columns) == list(py.columns) and len(cpp) == len(py)
+    probs = ["prob_CN", "prob_MCI", "prob_AD"]
+    py, cpp = (read_tsv(d / "predictions_test.tsv") for d in (py_dir, cpp_dir))
+    assert np.allclose(cpp[probs].astype(float), py[probs].astype(float), atol=1e-3)
+    summary = read_tsv(run / "results" / "training" / "grid_summary.tsv")
+    assert sorted(summary["run"]) == sorted([name, f"{name}_cpp"])

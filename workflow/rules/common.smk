@@ -129,8 +129,17 @@ def all_normalized(wildcards):
 
 
 # ---------------------------------------------------------------- training grid
-RUNS = [run["name"] for run in config["training"]["grid"]]
-TRAIN_DEFAULTS = {k: v for k, v in config["training"].items() if k != "grid"}
+# training.impl: python trains each run as <name>, cpp as <name>_cpp (rule train_cpp), both both
+IMPL = config["training"]["impl"]
+RUNS = [
+    run["name"] + suffix
+    for run in config["training"]["grid"]
+    for impl, suffix in (("python", ""), ("cpp", "_cpp"))
+    if IMPL in (impl, "both")
+]
+TRAIN_DEFAULTS = {
+    k: v for k, v in config["training"].items() if k not in ("grid", "impl")
+}
 
 
 def run_hyperparameters(wildcards):

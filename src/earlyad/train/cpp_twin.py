@@ -158,7 +158,11 @@ def train_cpp(
         init=init,
     )
     t0 = time.perf_counter()
-    done = subprocess.run([str(app), str(run_file)], stderr=sys.stderr, check=False)
+    try:  # the rule's log file (earlyad.logs.log_to); pytest's capture has no descriptor
+        stderr: int | None = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        stderr = None
+    done = subprocess.run([str(app), str(run_file)], stderr=stderr, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{app} {run_file} failed with exit status {done.returncode}")
     print(f"[train_cpp] train_app took {time.perf_counter() - t0:.1f} s", file=sys.stderr)
