@@ -31,7 +31,7 @@ rule build_cpp:
         mem_mb=4000,
         runtime=30,
     params:
-        build_dir="results/cpp_build",
+        build_dir=lambda wildcards, output: Path(output.train_app).parent,
         python=sys.executable,
     shell:
         "PYTHON_HINT={params.python} JOBS={threads} "
