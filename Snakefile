@@ -18,6 +18,7 @@ include: "workflow/rules/splits.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/cpp.smk"
+include: "workflow/rules/scaling.smk"
 
 
 rule all:

@@ -61,11 +61,9 @@ def tiny_config(workdir: Path, **changes: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("workflow")
-    cfg = tiny_config(workdir)
-    snakemake(workdir, "--configfile", str(cfg))
-    return workdir
+def run(workflow_run: Path) -> Path:
+    """The tiny-cohort run (conftest.workflow_run, shared with the rerun and Slurm tests)."""
+    return workflow_run
 
 
 def test_manifests_are_subject_disjoint_and_stratified(run):

@@ -1,6 +1,7 @@
 # Config validation, sample-sheet loading and the input functions of every rule.
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 from snakemake.exceptions import WorkflowError
@@ -27,6 +28,7 @@ wildcard_constraints:
     participant_id=r"sub-[A-Za-z0-9]+",
     session_id=r"ses-[A-Za-z0-9]+",
     run=r"[A-Za-z0-9_.\-]+",
+    threads=r"[0-9]+",
 
 
 def code(*modules):
@@ -74,6 +76,7 @@ def all_targets():
             "results/training/grid_summary.tsv",
         ]
         + expand("results/training/{run}/learning_curves.png", run=RUNS)
+        + (["results/scaling/scaling.tsv"] if SCALING["threads"] else [])
     )
 
 
@@ -149,3 +152,41 @@ def run_hyperparameters(wildcards):
     """
     run = next(r for r in config["training"]["grid"] if r["name"] == wildcards.run)
     return {**TRAIN_DEFAULTS, **{k: v for k, v in run.items() if k != "name"}}
+
+
+# ---------------------------------------------------------------- scalability study
+SCALING = config["benchmark"]
+
+
+def scaling_threads(wildcards):
+    """Cores of one scaling job: its thread count (Slurm's cpus-per-task / cpus-per-gpu)."""
+    return int(wildcards.threads)
+
+
+def scaling_epochs(wildcards):
+    """Epochs of every scaling run: benchmark.epochs, else those of the benchmarked grid run."""
+    return SCALING["epochs"] or _scaling_run()["epochs"]
+
+
+def _scaling_run():
+    """Hyper-parameters of the grid run the study benchmarks (benchmark.run, else the first)."""
+    name = SCALING["run"] or RUNS[0]
+    if name not in RUNS:
+        raise WorkflowError(
+            f"config key 'benchmark.run' names '{name}', which is not a training.grid run "
+            f"(runs: {', '.join(RUNS)})"
+        )
+    return run_hyperparameters(SimpleNamespace(run=name))
+
+
+def scaling_hyperparameters(wildcards):
+    """The benchmarked grid run's hyper-parameters with this job's threads and epochs."""
+    return {
+        **_scaling_run(),
+        "threads": int(wildcards.threads),
+        "epochs": scaling_epochs(wildcards),
+    }
+
+
+if SCALING["threads"]:
+    _scaling_run()  # a wrong benchmark.run stops the workflow before anything runs
