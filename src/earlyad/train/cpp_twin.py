@@ -118,6 +118,31 @@ def find_app(name: str, build_dir: Path | str | None = None) -> Path:
     return app
 
 
+def prepare_run(
+    index_tsv: Path,
+    out_dir: Path,
+    work_dir: Path,
+    config: TrainConfig,
+    init: Path | None = None,
+) -> Path:
+    """Write the plan (``work_dir/plan.tsv``) and the run file (``work_dir/run.yaml``) of one
+    ``train_app`` run; returns the run file. Its arguments are :func:`train_cpp`'s."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan_path = work_dir / "plan.tsv"
+    plan = write_plan(index_tsv, plan_path, config)
+    run_file = work_dir / "run.yaml"
+    write_run_file(
+        run_file,
+        index_tsv=index_tsv,
+        plan=plan_path,
+        out_dir=out_dir,
+        config=config,
+        n_train=int((plan["epoch"] == 1).sum()),
+        init=init,
+    )
+    return run_file
+
+
 def train_cpp(
     index_tsv: Path,
     out_dir: Path,
@@ -143,25 +168,12 @@ def train_cpp(
     Raises:
         RuntimeError: ``train_app`` failed (its message is in the log above).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan_path = work_dir / "plan.tsv"
-    plan = write_plan(index_tsv, plan_path, config)
-    n_train = int(plan.loc[plan["epoch"] == 1, "row"].size) if len(plan) else 0
-    run_file = work_dir / "run.yaml"
-    write_run_file(
-        run_file,
-        index_tsv=index_tsv,
-        plan=plan_path,
-        out_dir=out_dir,
-        config=config,
-        n_train=n_train,
-        init=init,
-    )
-    t0 = time.perf_counter()
+    run_file = prepare_run(index_tsv, out_dir, work_dir, config, init)
     try:  # the rule's log file (earlyad.logs.log_to); pytest's capture has no descriptor
         stderr: int | None = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):
         stderr = None
+    t0 = time.perf_counter()
     done = subprocess.run([str(app), str(run_file)], stderr=stderr, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{app} {run_file} failed with exit status {done.returncode}")
