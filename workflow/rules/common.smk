@@ -170,11 +170,12 @@ def scaling_epochs(wildcards):
 
 def _scaling_run():
     """Hyper-parameters of the grid run the study benchmarks (benchmark.run, else the first)."""
-    name = SCALING["run"] or RUNS[0]
-    if name not in RUNS:
+    grid = [run["name"] for run in config["training"]["grid"]]
+    name = SCALING["run"] or grid[0]
+    if name not in grid:
         raise WorkflowError(
             f"config key 'benchmark.run' names '{name}', which is not a training.grid run "
-            f"(runs: {', '.join(RUNS)})"
+            f"(runs: {', '.join(grid)})"
         )
     return run_hyperparameters(SimpleNamespace(run=name))
 
