@@ -17,6 +17,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/splits.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/cpp.smk"
 include: "workflow/rules/scaling.smk"
 include: "workflow/rules/gradcam.smk"
 

@@ -36,5 +36,14 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     .venv/bin/python -m pip install -q -e ".[workflow,clinica,train,gradcam,dev]"
     echo "$WANT" > "$STAMP"
 fi
+# The C++ twin (cpp/, issue 8): CMake, g++ and yaml-cpp from Debian, LibTorch from the wheel.
+# Incremental: a second run only checks. EARLYAD_SKIP_CPP=1 skips it.
+if [ "${EARLYAD_SKIP_CPP:-0}" != "1" ]; then
+    PYTHON=.venv/bin/python bash scripts/build_cpp.sh cpp/build >/tmp/earlyad-build-cpp.log 2>&1 || {
+        tail -40 /tmp/earlyad-build-cpp.log >&2
+        echo "[setup] error: building the C++ twin failed (log: /tmp/earlyad-build-cpp.log)" >&2
+        exit 1
+    }
+fi
 echo "[setup] ready: $(.venv/bin/snakemake --version | head -1) snakemake," \
      "$(.venv/bin/clinica --version 2>/dev/null | tail -1)"

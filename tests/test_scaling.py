@@ -131,3 +131,32 @@ def test_workflow_scaling_table_and_report(workflow_run: Path):
     )
     html = report.read_text(errors="replace")
     assert "Performance" in html and "scaling vs threads" in html
+
+
+@pytest.mark.slow
+def test_workflow_scaling_measures_the_cpp_twin_beside_python(workflow_run: Path):
+    """benchmark.implementations [python, cpp]: rule scaling_train_cpp times train_app under
+    each thread count, and the table holds both implementations' rows side by side."""
+    from test_workflow import tiny_config
+
+    threads = yaml.safe_load((workflow_run / "config.yaml").read_text())["benchmark"]["threads"]
+    tiny_config(workflow_run, benchmark={"implementations": ["python", "cpp"]})
+    try:
+        snakemake(
+            workflow_run,
+            "results/scaling/scaling.tsv",
+            "--configfile",
+            str(workflow_run / "config.yaml"),
+        )
+    finally:
+        tiny_config(workflow_run)
+    table = read_tsv(workflow_run / "results" / "scaling" / "scaling.tsv")
+    snakemake(workflow_run, "--configfile", str(workflow_run / "config.yaml"))  # python only again
+    ours = table[table.source == MEASURED]
+    for impl in ("python", "cpp"):
+        rows = ours[ours.impl == impl]
+        assert sorted(rows["threads"].astype(int)) == sorted(threads)
+        assert (rows["device"] == "cpu").all() and (rows["elapsed_min"].astype(float) > 0).all()
+    for t in threads:
+        log = (workflow_run / "logs" / "scaling_train" / f"cpp_t{t}.log").read_text()
+        assert "[train_app] device cpu" in log and f"torch threads {t};" in log

@@ -321,3 +321,24 @@ def test_clinica_backend_flows_through_the_dag_into_the_cache(run, tmp_path):
     other = next((run / "results" / "normalized" / pid / ses).glob("*.npy"))
     assert np.load(npy, mmap_mode="r").shape == np.load(other, mmap_mode="r").shape
     assert npy.stat().st_mtime > other.stat().st_mtime
+def test_cpp_twin_trains_beside_python(run):
+    """training.impl both: the C++ twin is built once and trains each run as <name>_cpp,
+    with the same outputs, and the grid summary lists both implementations."""
+    cfg = str(run / "config.yaml")
+    tiny_config(run, training={"impl": "both"})
+    try:
+        out = snakemake(run, "--configfile", cfg).stdout
+    finally:
+        tiny_config(run)
+    summary = read_tsv(run / "results" / "training" / "grid_summary.tsv")
+    name = yaml.safe_load((run / "config.yaml").read_text())["training"]["grid"][0]["name"]
+    assert "rule train:" not in out  # the Python run is up to date
+    py_dir, cpp_dir = (run / "results" / "training" / n for n in (name, f"{name}_cpp"))
+    for table in ("log.tsv", "predictions_val.tsv", "predictions_test.tsv"):
+        py, cpp = read_tsv(py_dir / table), read_tsv(cpp_dir / table)
+        assert list(cpp.columns) == list(py.columns) and len(cpp) == len(py)
+    probs = ["prob_CN", "prob_MCI", "prob_AD"]
+    py, cpp = (read_tsv(d / "predictions_test.tsv") for d in (py_dir, cpp_dir))
+    assert np.allclose(cpp[probs].astype(float), py[probs].astype(float), atol=1e-3)
+    assert sorted(summary["run"]) == sorted([name, f"{name}_cpp"])
+    snakemake(run, "--configfile", cfg)  # back to the Python-only summary: later tests rerun

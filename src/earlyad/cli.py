@@ -149,6 +149,19 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--voxel-size", type=float, default=1.5)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_gradcam_atlas)
+def _cmd_plan_epochs(args: argparse.Namespace) -> None:
+    from earlyad.train.cpp_twin import write_plan
+    from earlyad.train.trainer import TrainConfig
+
+    config = TrainConfig(
+        seed=args.seed,
+        epochs=args.epochs,
+        crop=args.crop,
+        blur_p=args.blur_p,
+        blur_sigma_max=args.blur_sigma_max,
+    )
+    plan = write_plan(args.index, args.out, config)
+    print(f"wrote {len(plan)} planned samples ({args.epochs} epochs) to {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_validate_config)
 
     _add_gradcam(sub)
+    p = sub.add_parser(
+        "plan-epochs",
+        help="the seeded crops, blur sigmas and epoch orders of a run, for the C++ twin",
+    )
+    p.add_argument("--index", type=Path, required=True, help="tensor-cache index.tsv")
+    p.add_argument("--out", type=Path, required=True, help="plan TSV to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--crop", type=int, default=96)
+    p.add_argument("--blur-p", type=float, default=0.5)
+    p.add_argument("--blur-sigma-max", type=float, default=1.5)
+    p.set_defaults(func=_cmd_plan_epochs)
     return parser
 
 

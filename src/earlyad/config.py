@@ -103,6 +103,12 @@ def check_semantics(config: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"config key 'training.grid': run name '{dupes[0]}' is used twice; names must differ"
         )
+    twins = [n for n in names if n.endswith("_cpp")]
+    if twins:
+        raise ConfigError(
+            f"config key 'training.grid': run name '{twins[0]}' ends in '_cpp', the suffix of "
+            "the C++ twin's runs (training.impl); rename the run"
+        )
     manifests = config["splits"].get("manifests") or {}
     given = [k for k in ("train", "val", "test") if manifests.get(k)]
     if given and len(given) != 3:

@@ -133,8 +133,17 @@ def all_normalized(wildcards):
 
 
 # ---------------------------------------------------------------- training grid
-RUNS = [run["name"] for run in config["training"]["grid"]]
-TRAIN_DEFAULTS = {k: v for k, v in config["training"].items() if k != "grid"}
+# training.impl: python trains each run as <name>, cpp as <name>_cpp (rule train_cpp), both both
+IMPL = config["training"]["impl"]
+RUNS = [
+    run["name"] + suffix
+    for run in config["training"]["grid"]
+    for impl, suffix in (("python", ""), ("cpp", "_cpp"))
+    if IMPL in (impl, "both")
+]
+TRAIN_DEFAULTS = {
+    k: v for k, v in config["training"].items() if k not in ("grid", "impl")
+}
 
 
 def run_hyperparameters(wildcards):
@@ -162,11 +171,12 @@ def scaling_epochs(wildcards):
 
 def _scaling_run():
     """Hyper-parameters of the grid run the study benchmarks (benchmark.run, else the first)."""
-    name = SCALING["run"] or RUNS[0]
-    if name not in RUNS:
+    grid = [run["name"] for run in config["training"]["grid"]]
+    name = SCALING["run"] or grid[0]
+    if name not in grid:
         raise WorkflowError(
             f"config key 'benchmark.run' names '{name}', which is not a training.grid run "
-            f"(runs: {', '.join(RUNS)})"
+            f"(runs: {', '.join(grid)})"
         )
     return run_hyperparameters(SimpleNamespace(run=name))
 

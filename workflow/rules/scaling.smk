@@ -29,6 +29,32 @@ rule scaling_train:
         "../scripts/scaling_train.py"
 
 
+rule scaling_train_cpp:
+    input:
+        index="results/cache/index.tsv",
+        train_app="results/cpp_build/train_app",
+        code=code("train/cpp_twin.py", "train/data.py", "train/trainer.py"),
+    output:
+        log="results/scaling/cpp_t{threads}/log.tsv",
+        device="results/scaling/cpp_t{threads}/device.txt",
+        model=temp("results/scaling/cpp_t{threads}/model.pt"),
+    log:
+        "logs/scaling_train/cpp_t{threads}.log",
+    benchmark:
+        "benchmarks/scaling/cpp_t{threads}.tsv"
+    conda:
+        "../../envs/cppEnv.yaml"
+    threads: scaling_threads
+    resources:
+        mem_mb=16000,
+        runtime=180,
+    params:
+        hp=scaling_hyperparameters,
+        work_dir="results/training_state/scaling_cpp_t{threads}",
+    script:
+        "../scripts/scaling_train_cpp.py"
+
+
 rule scaling_report:
     input:
         benchmarks=expand(

@@ -30,6 +30,8 @@ rule train:
         "logs/train/{run}.log",
     benchmark:
         "benchmarks/train/{run}.tsv"
+    wildcard_constraints:
+        run=r"[A-Za-z0-9_.\-]+(?<!_cpp)",  # <name>_cpp is rule train_cpp's (cpp.smk)
     conda:
         "../../envs/trainEnv.yaml"
     threads: config["training"]["threads"]

@@ -1,0 +1,3 @@
+#include "twin.hpp"
+
+int main(int argc, char** argv) { return earlyad::train_main(argc, argv); }
