@@ -321,6 +321,8 @@ def test_clinica_backend_flows_through_the_dag_into_the_cache(run, tmp_path):
     other = next((run / "results" / "normalized" / pid / ses).glob("*.npy"))
     assert np.load(npy, mmap_mode="r").shape == np.load(other, mmap_mode="r").shape
     assert npy.stat().st_mtime > other.stat().st_mtime
+
+
 def test_cpp_twin_trains_beside_python(run):
     """training.impl both: the C++ twin is built once and trains each run as <name>_cpp,
     with the same outputs, and the grid summary lists both implementations."""

@@ -149,6 +149,8 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--voxel-size", type=float, default=1.5)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_gradcam_atlas)
+
+
 def _cmd_plan_epochs(args: argparse.Namespace) -> None:
     from earlyad.train.cpp_twin import write_plan
     from earlyad.train.trainer import TrainConfig
