@@ -44,8 +44,8 @@ def grid_with_test(grid: pd.DataFrame, documents: Mapping[str, Mapping]) -> pd.D
     out = grid.copy()
     test = documents[chosen]["splits"]["test"]
     is_chosen = out["run"] == chosen
-    out["test_scans"] = pd.Series(np.where(is_chosen, test["scans"], np.nan), index=out.index)
-    out["test_subjects"] = pd.Series(np.where(is_chosen, test["subjects"], np.nan), out.index)
+    out["test_scans"] = np.where(is_chosen, test["scans"], np.nan)
+    out["test_subjects"] = np.where(is_chosen, test["subjects"], np.nan)
     for name in HEADLINE:
         values = test["metrics"][name]
         for suffix, key in (("", "estimate"), ("_lower", "lower"), ("_upper", "upper")):
