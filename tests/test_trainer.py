@@ -103,14 +103,15 @@ def _row(auc: float, loss: float) -> dict[str, float]:
 
 def test_selection_on_auc_and_early_stopping():
     s = Selection("auc", patience=2)
-    seq = [(0.6, 1.0), (0.7, 1.1), (0.7, 0.5), (0.65, 0.4), (0.8, 0.3)]
+    seq = [(0.6, 1.0), (0.7, 1.1), (0.7, 0.5), (0.7, 0.9), (0.65, 0.4), (0.8, 0.3)]
     improved = [s.update(e, _row(*v)) for e, v in enumerate(seq, start=1)]
-    assert improved == [True, True, False, False, True]  # a tie keeps the earlier epoch
-    assert s.best_epoch == 5 and not s.should_stop
-    s.update(6, _row(0.5, 0.2))
-    assert not s.should_stop
+    # an AUC tie goes to the lower validation loss, otherwise the earlier epoch stays
+    assert improved == [True, True, True, False, False, True]
+    assert s.best_epoch == 6 and not s.should_stop
     s.update(7, _row(0.5, 0.2))
-    assert s.should_stop and s.since_best == 2 and s.best_epoch == 5
+    assert not s.should_stop
+    s.update(8, _row(0.5, 0.2))
+    assert s.should_stop and s.since_best == 2 and s.best_epoch == 6
 
 
 def test_selection_on_loss_nan_and_no_patience():

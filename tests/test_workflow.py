@@ -262,3 +262,95 @@ def test_shareable_report_names_no_subject(run, tmp_path):
     text = _report_text(tmp_path / "r.zip")
     assert "confusion_matrix.png" in text and "exclusion_counts.tsv" in text
     assert not find_identifiers(text), sorted(set(find_identifiers(text)))[:5]
+
+
+# ------------------------------------------------------------------ bad scans and the backends
+
+
+def _copy_of_run(run: Path, dest: Path) -> Path:
+    """A copy of the finished run (outputs, mtimes and Snakemake's metadata) to perturb."""
+    shutil.copytree(run, dest, symlinks=True, ignore=shutil.ignore_patterns("report.html"))
+    return dest
+
+
+def _a_test_scan(workdir: Path, which: int = 0) -> tuple[str, str, Path]:
+    """A scan of the test split (neither in the study template nor in training)."""
+    row = read_tsv(workdir / "results" / "splits" / "test.tsv").iloc[which]
+    pid, ses = row["participant_id"], row["session_id"]
+    return pid, ses, workdir / "results" / "bids" / pid / ses / "anat" / f"{pid}_{ses}_T1w.nii.gz"
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def test_a_corrupt_scan_is_excluded_by_name_and_the_run_goes_on(run, tmp_path):
+    work = _copy_of_run(run, tmp_path / "work")
+    pid, ses, image = _a_test_scan(work)
+    _truncate(image)
+    out = snakemake(
+        work,
+        "results/cache/index.tsv",
+        "--configfile",
+        str(work / "config.yaml"),
+        "--rerun-triggers",
+        "mtime",
+    ).stdout
+    assert "rule t1_linear:" in out and "rule study_template:" not in out
+    exclusions = read_tsv(work / "results" / "qc" / "exclusions.tsv")
+    row = exclusions[(exclusions.participant_id == pid) & (exclusions.session_id == ses)]
+    assert len(row) == 1 and row.iloc[0]["stage"] == "preprocessing", exclusions
+    assert image.name in row.iloc[0]["reason"]
+    index = read_tsv(work / "results" / "cache" / "index.tsv")
+    before = read_tsv(run / "results" / "cache" / "index.tsv")
+    kept_before = set(before.participant_id + before.session_id)
+    assert pid + ses not in set(index.participant_id + index.session_id)
+    assert len(index) == len(before) - int(pid + ses in kept_before)
+    # the report lists it
+    snakemake(work, "--configfile", str(work / "config.yaml"), "--report", "report.html")
+    assert pid in (work / "report.html").read_text(errors="replace")
+
+
+def test_on_bad_scan_fail_stops_naming_the_file(run, tmp_path):
+    work = _copy_of_run(run, tmp_path / "work")
+    pid, ses, image = _a_test_scan(work)
+    _truncate(image)
+    cfg = tiny_config(work, preprocessing={"on_bad_scan": "fail"})
+    proc = snakemake(
+        work,
+        f"results/t1_linear/{pid}/{ses}",
+        "--configfile",
+        str(cfg),
+        "--rerun-triggers",
+        "mtime",
+        check=False,
+    )
+    assert proc.returncode != 0
+    log = (work / "logs" / "t1_linear" / f"{pid}_{ses}.log").read_text()
+    assert image.name in log and "T1LinearError" in log
+    assert not (work / "results" / "t1_linear" / pid / ses).exists()
+
+
+def test_clinica_backend_flows_through_the_dag_into_the_cache(run, tmp_path):
+    """The real ``clinica run t1-linear`` on one test scan, then normalization and the cache."""
+    work = _copy_of_run(run, tmp_path / "work")
+    pid, ses, _ = _a_test_scan(work, which=-1)
+    cfg = tiny_config(work, preprocessing={"backend": "clinica"})
+    common = ("--configfile", str(cfg), "--rerun-triggers", "mtime")
+    snakemake(work, f"results/t1_linear/{pid}/{ses}", "--force", *common)
+    folder = work / "results" / "t1_linear" / pid / ses
+    status = json.loads((folder / "status.json").read_text())
+    assert status["backend"] == "clinica" and status["ok"], status
+    t1 = nib.load(next(folder.glob("*_desc-Crop_res-1x1x1_T1w.nii.gz")))
+    ref = nib.load(work / "results" / "templates" / "ref_cropped_template.nii.gz")
+    assert t1.shape == (169, 208, 179)
+    np.testing.assert_allclose(t1.affine, ref.affine)
+    out = snakemake(work, "results/cache/index.tsv", *common).stdout
+    assert "rule normalize:" in out and "rule study_template:" not in out
+    qc = read_tsv(work / "results" / "qc" / "qc.tsv")
+    assert len(qc[(qc.participant_id == pid) & (qc.session_id == ses)]) == 1
+    npy = next((work / "results" / "normalized" / pid / ses).glob("*.npy"))
+    other = next((run / "results" / "normalized" / pid / ses).glob("*.npy"))
+    assert np.load(npy, mmap_mode="r").shape == np.load(other, mmap_mode="r").shape
+    assert npy.stat().st_mtime > other.stat().st_mtime

@@ -340,8 +340,10 @@ def _log(message: str) -> None:
 class Selection:
     """Best-so-far tracking and early stopping on one validation metric.
 
-    ``auc``: higher is better; ``loss``: lower is better. Improvement is strict, so ties keep
-    the earlier epoch. A NaN score (macro-AUC of a validation split with fewer than two
+    ``auc``: higher is better; ``loss``: lower is better. A tie in macro-AUC (frequent on a
+    small validation split, where AUC moves in coarse steps) goes to the lower validation loss:
+    an early epoch whose outputs are still near-uniform ranks the classes as well as a trained
+    one but predicts only the majority class. Other ties keep the earlier epoch. A NaN score (macro-AUC of a validation split with fewer than two
     classes) never improves on a real one, but the first epoch is always taken, so there is a
     model to keep.
     """
@@ -351,18 +353,22 @@ class Selection:
     best_epoch: int = 0
     best_score: float = float("nan")
     since_best: int = 0
+    best_loss: float = float("inf")
 
     def score(self, row: dict[str, float]) -> float:
         return row["val_macro_auc"] if self.select_on == "auc" else -row["val_loss"]
 
     def update(self, epoch: int, row: dict[str, float]) -> bool:
         """Record ``epoch``'s log row; True when it is the new best."""
-        score = self.score(row)
+        score, loss = self.score(row), row["val_loss"]
+        tie_won = self.select_on == "auc" and score == self.best_score and loss < self.best_loss
         improved = self.best_epoch == 0 or (
-            not math.isnan(score) and (math.isnan(self.best_score) or score > self.best_score)
+            not math.isnan(score)
+            and (math.isnan(self.best_score) or score > self.best_score or tie_won)
         )
         if improved:
             self.best_epoch, self.best_score, self.since_best = epoch, score, 0
+            self.best_loss = loss
         else:
             self.since_best += 1
         return improved
@@ -655,6 +661,7 @@ def _train(
                     "best_epoch": selection.best_epoch,
                     "best_score": selection.best_score,
                     "since_best": selection.since_best,
+                    "best_loss": selection.best_loss,
                 },
                 "best_state": best_state,
                 "stopped": stopped,
