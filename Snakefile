@@ -19,6 +19,8 @@ include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/scaling.smk"
+include: "workflow/rules/gradcam.smk"
 
 
 rule all:

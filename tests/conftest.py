@@ -88,3 +88,18 @@ def resample_to_grid(
         copy_header=True,
     )
     return np.asarray(out.get_fdata(), dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def workflow_run(tmp_path_factory) -> Path:
+    """The whole DAG run once on the tiny cohort of ``test_workflow.tiny_config`` (minutes).
+
+    Session-scoped so that the workflow, rerun, scaling and Slurm tests share one run. Tests that
+    change its config.yaml restore it; tests that write outputs work on a copy.
+    """
+    from test_workflow import snakemake, tiny_config
+
+    workdir = tmp_path_factory.mktemp("workflow")
+    cfg = tiny_config(workdir)
+    snakemake(workdir, "--configfile", str(cfg))
+    return workdir

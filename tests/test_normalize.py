@@ -177,6 +177,20 @@ def test_qc_json_and_montage_written(runs: dict[str, NormalizeResult]) -> None:
     assert png.shape[0] > 200 and png.shape[1] > 600 and png[..., :3].std() > 0.05
 
 
+def test_registration_affine_is_saved(runs: dict[str, NormalizeResult]) -> None:
+    """The affine of the registration is kept (the Grad-CAM stage carries ground-truth masks
+    through it); the identity when the scan was not registered."""
+    from earlyad.gradcam.transforms import read_ants_affine
+
+    good = runs["good"]
+    assert good.transform.name == "sub-good_ses-M000_to-template_affine.mat"
+    assert json.loads(good.qc_json.read_text())["transform"] == good.transform.name
+    moved = read_ants_affine(good.transform)
+    assert not np.allclose(moved, np.eye(4))  # a real registration (the scan was turned)
+    assert np.abs(moved[:3, :3] - np.eye(3)).max() < 0.1 and np.abs(moved[:3, 3]).max() < 10
+    np.testing.assert_allclose(read_ants_affine(runs["landmark"].transform), np.eye(4), atol=1e-9)
+
+
 # --------------------------------------------------------------------------- QC
 
 

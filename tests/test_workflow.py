@@ -65,11 +65,9 @@ def tiny_config(workdir: Path, **changes: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("workflow")
-    cfg = tiny_config(workdir)
-    snakemake(workdir, "--configfile", str(cfg))
-    return workdir
+def run(workflow_run: Path) -> Path:
+    """The tiny-cohort run (conftest.workflow_run, shared with the rerun and Slurm tests)."""
+    return workflow_run
 
 
 def test_manifests_are_subject_disjoint_and_stratified(run):
@@ -160,10 +158,38 @@ def test_training_outputs(run):
     assert summary["selected"].astype(str).tolist() == ["True"]
 
 
+def test_gradcam_outputs(run):
+    name = yaml.safe_load((run / "config.yaml").read_text())["training"]["grid"][0]["name"]
+    out = run / "results" / "gradcam" / name
+    preds = read_tsv(run / "results" / "training" / name / "predictions_test.tsv")
+    scans = read_tsv(out / "scans.tsv")
+    assert len(scans) == len(preds) and set(scans["threshold_mode"]) == {"percentile"}
+    for row in scans.itertuples():
+        stem = f"{row.participant_id}_{row.session_id}"
+        norm = run / "results" / "normalized" / row.participant_id / row.session_id
+        scan = nib.load(norm / f"{stem}_desc-norm_T1w.nii.gz")
+        cam = nib.load(out / "scans" / f"{stem}_gradcam.nii.gz")
+        np.testing.assert_allclose(cam.affine, scan.affine)  # overlays the scan in any viewer
+        assert cam.shape == scan.shape
+        for plane in ("axial", "coronal", "sagittal"):
+            assert (out / "scans" / f"{stem}_{plane}.gif").stat().st_size > 0
+        assert (out / "montages" / f"{stem}.png").is_file()
+    assert (out / "group_montage.png").is_file() and list((out / "group").glob("mean_*.nii.gz"))
+    regions = read_tsv(out / "regions.tsv")
+    assert {"hippocampus", "lateral_ventricles"} <= set(regions["region"])
+    loc = read_tsv(out / "localization.tsv")
+    # the synthetic cohort's atrophy masks went through each scan's own transforms
+    assert loc["transforms"].iloc[0] == "exact (affines)"
+    assert (loc["top_decile_chance"].astype(float) > 0).all()
+    atlas = json.loads((run / "results" / "atlas" / "template_to_mni.json").read_text())
+    assert atlas["max_shift_in_brain_mm"] < 10
+
+
 def test_report_is_generated(run):
     snakemake(run, "--configfile", str(run / "config.yaml"), "--report", "report.html")
     html = (run / "report.html").read_text(errors="replace")
     assert "earlyad" in html and "cohort per split" in html
+    assert "Explainability" in html
 
 
 def test_broken_download_fails_before_clinica_naming_the_file(run, tmp_path):
@@ -197,7 +223,9 @@ def test_bids_source_skips_conversion_and_labels_the_same_scans(run, tmp_path):
     cfg = tiny_config(
         tmp_path, dataset={"source": "bids", "bids_dir": str(run / "results" / "bids")}
     )
-    out = snakemake(tmp_path, "results/labels/labels.tsv", "--configfile", str(cfg)).stdout
+    proc = snakemake(tmp_path, "results/labels/labels.tsv", "--configfile", str(cfg))
+    out = proc.stdout + proc.stderr
+    assert "rule labels:" in out
     assert "adni_to_bids" not in out and "synthesize" not in out
     ours = read_tsv(tmp_path / "results" / "labels" / "labels.tsv")
     theirs = read_tsv(run / "results" / "labels" / "labels.tsv")
@@ -289,14 +317,15 @@ def test_a_corrupt_scan_is_excluded_by_name_and_the_run_goes_on(run, tmp_path):
     work = _copy_of_run(run, tmp_path / "work")
     pid, ses, image = _a_test_scan(work)
     _truncate(image)
-    out = snakemake(
+    proc = snakemake(
         work,
         "results/cache/index.tsv",
         "--configfile",
         str(work / "config.yaml"),
         "--rerun-triggers",
         "mtime",
-    ).stdout
+    )
+    out = proc.stdout + proc.stderr  # Snakemake 9 logs jobs on stderr
     assert "rule t1_linear:" in out and "rule study_template:" not in out
     exclusions = read_tsv(work / "results" / "qc" / "exclusions.tsv")
     row = exclusions[(exclusions.participant_id == pid) & (exclusions.session_id == ses)]
@@ -346,7 +375,8 @@ def test_clinica_backend_flows_through_the_dag_into_the_cache(run, tmp_path):
     ref = nib.load(work / "results" / "templates" / "ref_cropped_template.nii.gz")
     assert t1.shape == (169, 208, 179)
     np.testing.assert_allclose(t1.affine, ref.affine)
-    out = snakemake(work, "results/cache/index.tsv", *common).stdout
+    proc = snakemake(work, "results/cache/index.tsv", *common)
+    out = proc.stdout + proc.stderr
     assert "rule normalize:" in out and "rule study_template:" not in out
     qc = read_tsv(work / "results" / "qc" / "qc.tsv")
     assert len(qc[(qc.participant_id == pid) & (qc.session_id == ses)]) == 1

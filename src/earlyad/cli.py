@@ -66,6 +66,91 @@ def _cmd_validate_config(args: argparse.Namespace) -> None:
     print(f"{args.config}: valid")
 
 
+def _cmd_gradcam(args: argparse.Namespace) -> None:
+    from earlyad.gradcam.stage import GradCamSettings, run_gradcam
+
+    settings = GradCamSettings(
+        mode=args.mode,
+        percentile=args.percentile,
+        k=args.k,
+        target=args.target,
+        split=args.split,
+        max_scans=args.max_scans,
+        restrict_to_hippocampus=not args.no_hippocampus,
+        layer=args.layer,
+        dilation_mm=args.dilation_mm,
+        gif_stride=args.gif_stride,
+        seed=args.seed,
+    )
+    run_dir = args.run_dir
+    scans = run_gradcam(
+        run_dir / "model.pt",
+        run_dir / f"predictions_{args.split}.tsv",
+        args.normalized,
+        args.atlas,
+        args.out or Path("results/gradcam") / run_dir.name,
+        settings,
+        ground_truth=args.ground_truth,
+        t1_linear_root=args.t1_linear,
+        threads=args.threads,
+    )
+    print(f"explained {len(scans)} scans of {run_dir}")
+
+
+def _cmd_gradcam_atlas(args: argparse.Namespace) -> None:
+    from earlyad.gradcam.atlas import atlas_stage
+
+    paths = atlas_stage(
+        args.template, args.mni, args.mask, args.out, args.register, args.voxel_size, args.seed
+    )
+    print(f"wrote {paths.regions.parent}")
+
+
+def _add_gradcam(sub: argparse._SubParsersAction) -> None:
+    """``gradcam`` and ``gradcam-atlas``: defaults are the workflow's paths under results/."""
+    from earlyad.gradcam.threshold import MODES
+
+    p = sub.add_parser("gradcam", help="Grad-CAM maps, GIFs and tables of one trained run")
+    p.add_argument("run_dir", type=Path, help="results/training/<run> (model.pt, predictions)")
+    p.add_argument("--mode", choices=MODES, default="percentile", help="threshold mode")
+    p.add_argument("--percentile", type=float, default=10.0, help="top %% kept (percentile)")
+    p.add_argument("--k", type=float, default=1.0, help="mean + k sd (mean_std)")
+    p.add_argument("--target", default="predicted", help="predicted | true_class | CN | MCI | AD")
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--max-scans", type=int, default=0, help="seeded subset (0: all)")
+    p.add_argument("--no-hippocampus", action="store_true", help="threshold in the whole crop")
+    p.add_argument("--layer", default="last_conv", help="target layer (module name)")
+    p.add_argument("--dilation-mm", type=float, default=4.5)
+    p.add_argument("--gif-stride", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--normalized", type=Path, default=Path("results/normalized"))
+    p.add_argument("--atlas", type=Path, default=Path("results/atlas"))
+    p.add_argument("--ground-truth", type=Path, default=None, help="synthetic cohort.tsv")
+    p.add_argument("--t1-linear", type=Path, default=Path("results/t1_linear"))
+    p.add_argument("--out", type=Path, default=None, help="default results/gradcam/<run>")
+    p.set_defaults(func=_cmd_gradcam)
+
+    p = sub.add_parser("gradcam-atlas", help="AAL regions on the normalized grid")
+    p.add_argument("--template", type=Path, default=Path("results/template/study_template.nii.gz"))
+    p.add_argument(
+        "--mni", type=Path, default=Path("results/templates/ref_cropped_template.nii.gz")
+    )
+    p.add_argument(
+        "--mask", type=Path, default=Path("results/templates/mni_cropped_brainmask.nii.gz")
+    )
+    p.add_argument("--out", type=Path, default=Path("results/atlas"))
+    p.add_argument(
+        "--no-register",
+        dest="register",
+        action="store_false",
+        help="the template IS the MNI template (preprocessing.template: mni)",
+    )
+    p.add_argument("--voxel-size", type=float, default=1.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_gradcam_atlas)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, one sub-command per stage."""
     parser = argparse.ArgumentParser(
@@ -112,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate-config", help="validate a config file against the schema")
     p.add_argument("config", type=Path)
     p.set_defaults(func=_cmd_validate_config)
+
+    _add_gradcam(sub)
     return parser
 
 

@@ -1,6 +1,7 @@
 # Config validation, sample-sheet loading and the input functions of every rule.
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 from snakemake.exceptions import WorkflowError
@@ -28,6 +29,7 @@ wildcard_constraints:
     participant_id=r"sub-[A-Za-z0-9]+",
     session_id=r"ses-[A-Za-z0-9]+",
     run=r"[A-Za-z0-9_.\-]+",
+    threads=r"[0-9]+",
 
 
 def code(*modules):
@@ -88,6 +90,8 @@ def all_targets():
         ]
         + expand("results/training/{run}/learning_curves.png", run=RUNS)
         + expand("results/evaluation/{run}/metrics.json", run=RUNS)
+        + (["results/scaling/scaling.tsv"] if SCALING["threads"] else [])
+        + expand("results/gradcam/{run}/localization.tsv", run=RUNS)
     )
 
 
@@ -154,3 +158,62 @@ def run_hyperparameters(wildcards):
     """
     run = next(r for r in config["training"]["grid"] if r["name"] == wildcards.run)
     return {**TRAIN_DEFAULTS, **{k: v for k, v in run.items() if k != "name"}}
+
+
+# ---------------------------------------------------------------- scalability study
+SCALING = config["benchmark"]
+
+
+def scaling_threads(wildcards):
+    """Cores of one scaling job: its thread count (Slurm's cpus-per-task / cpus-per-gpu)."""
+    return int(wildcards.threads)
+
+
+def scaling_epochs(wildcards):
+    """Epochs of every scaling run: benchmark.epochs, else those of the benchmarked grid run."""
+    return SCALING["epochs"] or _scaling_run()["epochs"]
+
+
+def _scaling_run():
+    """Hyper-parameters of the grid run the study benchmarks (benchmark.run, else the first)."""
+    name = SCALING["run"] or RUNS[0]
+    if name not in RUNS:
+        raise WorkflowError(
+            f"config key 'benchmark.run' names '{name}', which is not a training.grid run "
+            f"(runs: {', '.join(RUNS)})"
+        )
+    return run_hyperparameters(SimpleNamespace(run=name))
+
+
+def scaling_hyperparameters(wildcards):
+    """The benchmarked grid run's hyper-parameters with this job's threads and epochs."""
+    return {
+        **_scaling_run(),
+        "threads": int(wildcards.threads),
+        "epochs": scaling_epochs(wildcards),
+    }
+
+
+if SCALING["threads"]:
+    _scaling_run()  # a wrong benchmark.run stops the workflow before anything runs
+
+
+# ---------------------------------------------------------------- Grad-CAM
+def gradcam_settings(wildcards):
+    """The ``gradcam:`` settings the stage takes (threads go to the rule's ``threads``)."""
+    return {k: v for k, v in config["gradcam"].items() if k != "threads"}
+
+
+def gradcam_inputs(wildcards):
+    """Predictions of the explained split, its normalized scans and, for the synthetic cohort,
+    the ground-truth masks with the t1-linear folders holding the transforms they go through.
+    """
+    split = config["gradcam"]["split"]
+    inputs = {
+        "predictions": f"results/training/{wildcards.run}/predictions_{split}.tsv",
+        "scans": scan_dirs("normalized", [split]),
+    }
+    if SOURCE == "synthetic":
+        inputs["truth"] = "results/synthetic/ground_truth"
+        inputs["t1_linear"] = scan_dirs("t1_linear", [split])
+    return inputs

@@ -17,8 +17,12 @@ Why each step:
   the scale); ``percentile`` clipping to the given percentiles of the brain-mask voxels, then
   [0, 1] (robust to a few hot voxels).
 * (e) outputs, per scan in ``out_dir``: ``{pid}_{ses}_desc-norm_T1w.nii.gz`` (float32),
-  ``{pid}_{ses}.npy`` (the tensor cache), ``{pid}_{ses}_qc.json`` and
-  ``{pid}_{ses}_montage.png``.
+  ``{pid}_{ses}.npy`` (the tensor cache), ``{pid}_{ses}_qc.json``,
+  ``{pid}_{ses}_montage.png`` and ``{pid}_{ses}_to-template_affine.mat``: the affine of (a) in
+  ANTs' convention (it maps a point of the normalized grid's world to the t1-linear image's
+  world; the identity with ``register=False``). With t1-linear's ``*_affine.mat`` it carries
+  anything drawn on the BIDS scan (e.g. the synthetic cohort's atrophy masks) onto the
+  normalized grid exactly (see :mod:`earlyad.gradcam.transforms`).
 
 Tensor cache layout (``{pid}_{ses}.npy``): ``np.save`` of a float16, C-order array of shape
 ``(X, Y, Z)`` that is exactly the NIfTI array of ``*_desc-norm_T1w.nii.gz``: element
@@ -52,6 +56,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
+from earlyad.preprocess import TRANSFORM_SUFFIX
 from earlyad.preprocess.montage import three_plane_montage
 from earlyad.preprocess.study_template import (
     downsample,
@@ -70,6 +75,7 @@ __all__ = [
     "BadScanError",
     "Intensity",
     "NormalizeResult",
+    "TRANSFORM_SUFFIX",
     "brain_fraction_in_box",
     "dice",
     "estimate_brain_mask",
@@ -109,6 +115,7 @@ class NormalizeResult:
     tensor: Path  # {pid}_{ses}.npy (float16, C order, axes X, Y, Z)
     qc_json: Path  # {pid}_{ses}_qc.json
     montage: Path  # {pid}_{ses}_montage.png
+    transform: Path  # {pid}_{ses}_to-template_affine.mat (normalized world -> t1-linear world)
     qc: dict[str, Any] = field(default_factory=dict)
 
 
@@ -136,13 +143,14 @@ def isotropic_grid(
 
 
 def output_paths(out_dir: Path, participant_id: str, session_id: str) -> dict[str, Path]:
-    """The four files :func:`normalize_scan` writes for one scan."""
+    """The five files :func:`normalize_scan` writes for one scan."""
     stem = Path(out_dir) / f"{participant_id}_{session_id}"
     return {
         "image": stem.with_name(f"{stem.name}_desc-norm_T1w.nii.gz"),
         "tensor": stem.with_name(f"{stem.name}.npy"),
         "qc_json": stem.with_name(f"{stem.name}_qc.json"),
         "montage": stem.with_name(f"{stem.name}_montage.png"),
+        "transform": stem.with_name(f"{stem.name}{TRANSFORM_SUFFIX}"),
     }
 
 
@@ -271,26 +279,29 @@ def _to_grid(
     grid: tuple[tuple[int, int, int], np.ndarray],
     register: bool,
     seed: int,
-) -> np.ndarray:
-    """The scan resampled onto ``grid``, through the affine to the template if ``register``.
+) -> tuple[np.ndarray, bytes]:
+    """The scan resampled onto ``grid``, through the affine to the template if ``register``,
+    and that affine as the bytes of an ANTs ``.mat`` file (the identity without ``register``).
 
     Images are ``(data, affine)`` pairs; the mask restricts the registration metric.
     """
     ants = import_ants()
     target = nifti_to_ants(np.zeros(grid[0], np.float32), grid[1])
     moving = nifti_to_ants(*scan)
-    if not register:
-        out = ants.resample_image_to_target(moving, target, interp_type="linear")
-        return out.numpy().astype(np.float32)
-    fixed = nifti_to_ants(*downsample(*template))
-    mask = registration_mask(nifti_to_ants(*template_mask), fixed)
     with tempfile.TemporaryDirectory(prefix="earlyad_norm_") as tmp:
+        if not register:
+            out = ants.resample_image_to_target(moving, target, interp_type="linear")
+            identity = ants.create_ants_transform(transform_type="AffineTransform", dimension=3)
+            ants.write_transform(identity, str(Path(tmp) / "identity.mat"))
+            return out.numpy().astype(np.float32), (Path(tmp) / "identity.mat").read_bytes()
+        fixed = nifti_to_ants(*downsample(*template))
+        mask = registration_mask(nifti_to_ants(*template_mask), fixed)
         small = nifti_to_ants(*downsample(*scan))
         transforms = register_affine(fixed, small, seed, Path(tmp), mask)
         out = ants.apply_transforms(
             fixed=target, moving=moving, transformlist=transforms, interpolator="linear"
         )
-    return out.numpy().astype(np.float32)
+        return out.numpy().astype(np.float32), Path(transforms[0]).read_bytes()
 
 
 def _on_grid(
@@ -341,10 +352,12 @@ def _write_outputs(
     qc: dict[str, Any],
     mask: np.ndarray,
     template_img: nib.Nifti1Image,
+    transform: bytes,
 ) -> None:
     """The NIfTI (float32, the template's sform/qform codes), the float16 C-order tensor, the QC
-    json and the montage with the template's brain-mask contour."""
+    json, the montage with the template's brain-mask contour and the registration affine."""
     paths["image"].parent.mkdir(parents=True, exist_ok=True)
+    paths["transform"].write_bytes(transform)
     save_float32(out, affine, paths["image"], like=template_img)
     np.save(paths["tensor"], np.ascontiguousarray(out, dtype=np.float16))
     paths["qc_json"].write_text(json.dumps(qc, indent=2) + "\n")
@@ -382,7 +395,7 @@ def normalize_scan(
     mask_data = (mask_data > 0).astype(np.float32)
     grid = isotropic_grid(tpl_data.shape, tpl_affine, voxel_size)
 
-    moved = _to_grid(
+    moved, transform = _to_grid(
         (data, affine), (tpl_data, tpl_affine), (mask_data, mask_affine), grid, register, seed
     )
     moved_bad = ~np.isfinite(moved)
@@ -410,13 +423,15 @@ def normalize_scan(
         "tensor_dtype": "float16",
         "tensor_axes": "XYZ",
         "affine": np.round(grid[1], 6).tolist(),
+        "transform": output_paths(Path(out_dir), participant_id, session_id)["transform"].name,
     }
     paths = output_paths(Path(out_dir), participant_id, session_id)
-    _write_outputs(out, grid[1], paths, qc, mask_on_grid, nib.load(str(template)))
+    _write_outputs(out, grid[1], paths, qc, mask_on_grid, nib.load(str(template)), transform)
     return NormalizeResult(
         image=paths["image"],
         tensor=paths["tensor"],
         qc_json=paths["qc_json"],
         montage=paths["montage"],
+        transform=paths["transform"],
         qc=qc,
     )

@@ -343,9 +343,9 @@ class Selection:
     ``auc``: higher is better; ``loss``: lower is better. A tie in macro-AUC (frequent on a
     small validation split, where AUC moves in coarse steps) goes to the lower validation loss:
     an early epoch whose outputs are still near-uniform ranks the classes as well as a trained
-    one but predicts only the majority class. Other ties keep the earlier epoch. A NaN score (macro-AUC of a validation split with fewer than two
-    classes) never improves on a real one, but the first epoch is always taken, so there is a
-    model to keep.
+    one but predicts only the majority class. Other ties keep the earlier epoch. A NaN score
+    (macro-AUC of a validation split with fewer than two classes) never improves on a real
+    one, but the first epoch is always taken, so there is a model to keep.
     """
 
     select_on: SelectOn
