@@ -7,11 +7,14 @@ cohort's ground truth, a report, and reruns limited to stale stages.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -20,6 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from earlyad.deidentify import find_identifiers
 from earlyad.splits import SPLITS
 from earlyad.tables import read_tsv
 
@@ -227,6 +231,65 @@ def test_bids_source_skips_conversion_and_labels_the_same_scans(run, tmp_path):
     theirs = read_tsv(run / "results" / "labels" / "labels.tsv")
     key = ["participant_id", "session_id", "diagnosis", "age", "sex"]
     pd.testing.assert_frame_equal(ours[key], theirs[key])
+
+
+def test_evaluation_outputs(run):
+    name = yaml.safe_load((run / "config.yaml").read_text())["training"]["grid"][0]["name"]
+    out = run / "results" / "evaluation" / name
+    for f in ("metrics.json", "metrics.tsv", "confusion_matrix.png", "radar.png", "roc.png"):
+        assert (out / f).stat().st_size > 0, f
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["bootstrap"]["unit"] == "subject" and set(doc["splits"]) == {"val", "test"}
+    preds = read_tsv(run / "results" / "training" / name / "predictions_test.tsv")
+    test = doc["splits"]["test"]
+    assert test["scans"] == len(preds) and sum(map(sum, test["confusion_matrix"])) == len(preds)
+    acc = test["metrics"]["accuracy"]
+    assert acc["estimate"] == pytest.approx((preds.true_label == preds.predicted_label).mean())
+    assert acc["lower"] <= acc["estimate"] <= acc["upper"]
+    summary = read_tsv(run / "results" / "evaluation" / "grid_summary.tsv")
+    chosen = summary[summary["selected"].astype(str) == "True"]
+    assert len(chosen) == 1 and chosen["test_accuracy"].iloc[0] == pytest.approx(acc["estimate"])
+    comparison = read_tsv(run / "results" / "evaluation" / "comparison.tsv").set_index("metric")
+    assert comparison.loc["test_scans_from_training_subjects", "earlyad"] == 0.0
+    assert comparison.loc["macro_auc", "study"] == pytest.approx(0.903)
+    counts = read_tsv(run / "results" / "report" / "exclusion_counts.tsv")
+    assert set(counts["table"]) == {"labels", "splits", "qc"}
+
+
+def _report_text(zip_path: Path) -> str:
+    """Every file of a zipped Snakemake report as text, base64-embedded files decoded too."""
+    parts = []
+    with zipfile.ZipFile(zip_path) as archive:
+        for member in archive.namelist():
+            parts.append(member)
+            parts.append(archive.read(member).decode("utf-8", errors="replace"))
+    text = "\n".join(parts)
+    for blob in re.findall(r"base64,([A-Za-z0-9+/=]{8,})", text):
+        parts.append(base64.b64decode(blob + "==").decode("utf-8", errors="replace"))
+    return "\n".join(parts)
+
+
+def test_report_holds_every_category_and_the_evaluation(run, tmp_path):
+    snakemake(run, "--configfile", str(run / "config.yaml"), "--report", str(tmp_path / "r.zip"))
+    text = _report_text(tmp_path / "r.zip")
+    for category in ("Data", "Preprocessing", "Training", "Evaluation", "Performance"):
+        assert category in text, category
+    for name in ("metrics.tsv", "confusion_matrix.png", "roc.png", "radar.png", "comparison.tsv"):
+        assert name in text, name
+    assert "leaked" in text or "shared subjects" in text  # the comparison's caption
+    # the positive control of the shareable test: a normal report does name subjects
+    assert find_identifiers(text)
+
+
+def test_shareable_report_names_no_subject(run, tmp_path):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["report"]["shareable"] = True
+    shareable = tmp_path / "shareable.yaml"
+    shareable.write_text(yaml.safe_dump(config))
+    snakemake(run, "--configfile", str(shareable), "--report", str(tmp_path / "r.zip"))
+    text = _report_text(tmp_path / "r.zip")
+    assert "confusion_matrix.png" in text and "exclusion_counts.tsv" in text
+    assert not find_identifiers(text), sorted(set(find_identifiers(text)))[:5]
 
 
 # ------------------------------------------------------------------ bad scans and the backends

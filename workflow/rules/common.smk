@@ -21,6 +21,7 @@ config.update(_validated)
 
 SPLITS = ["train", "val", "test"]
 SOURCE = config["dataset"]["source"]
+SHAREABLE = config["report"]["shareable"]
 
 
 wildcard_constraints:
@@ -34,6 +35,15 @@ wildcard_constraints:
 def code(*modules):
     """Package modules a rule runs, as inputs, so that a code change reruns the rule."""
     return [str(SRC / "earlyad" / m) for m in modules]
+
+
+def private_report(path, **kwargs):
+    """``report(path, ...)`` for a file that lists subjects or shows one subject's scan.
+
+    With ``report.shareable: true`` the file stays out of the report (it is still produced), so
+    that the report can leave the group without breaking a data use agreement.
+    """
+    return path if SHAREABLE else report(path, **kwargs)
 
 
 def adni_download(wildcards):
@@ -74,8 +84,12 @@ def all_targets():
             "results/qc/qc.tsv",
             "results/cache/index.tsv",
             "results/training/grid_summary.tsv",
+            "results/evaluation/grid_summary.tsv",
+            "results/evaluation/comparison.tsv",
+            "results/report/exclusion_counts.tsv",
         ]
         + expand("results/training/{run}/learning_curves.png", run=RUNS)
+        + expand("results/evaluation/{run}/metrics.json", run=RUNS)
         + (["results/scaling/scaling.tsv"] if SCALING["threads"] else [])
         + expand("results/gradcam/{run}/localization.tsv", run=RUNS)
     )

@@ -73,7 +73,7 @@ rule labels:
         code=code("labels.py"),
     output:
         labels="results/labels/labels.tsv",
-        exclusions=report(
+        exclusions=private_report(
             "results/labels/exclusions.tsv",
             caption="../report/exclusions.rst",
             category="Data",

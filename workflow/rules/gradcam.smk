@@ -59,9 +59,8 @@ rule gradcam:
         ),
     output:
         scans=directory("results/gradcam/{run}/scans"),
-        # per-subject images: the only gradcam report entry to drop when subjects must not
-        # be shown (see report.shareable)
-        montages=report(
+        # per-subject images: the only gradcam report entry left out of a shareable report
+        montages=private_report(
             directory("results/gradcam/{run}/montages"),
             patterns=["{name}.png"],
             caption="../report/gradcam_montage.rst",

@@ -115,7 +115,7 @@ rule qc:
         scans=all_normalized,
         code=code("preprocess/qc.py"),
     output:
-        qc=report(
+        qc=private_report(
             "results/qc/qc.tsv",
             caption="../report/qc_table.rst",
             category="Preprocessing",
@@ -127,14 +127,14 @@ rule qc:
             category="Preprocessing",
             labels={"figure": "QC metrics"},
         ),
-        exclusions=report(
+        exclusions=private_report(
             "results/qc/exclusions.tsv",
             caption="../report/qc_exclusions.rst",
             category="Preprocessing",
             labels={"table": "exclusions (preprocessing and QC)"},
         ),
         index="results/cache/index.tsv",
-        montages=report(
+        montages=private_report(
             directory("results/qc/montages"),
             patterns=["{name}.png"],
             caption="../report/qc_montage.rst",

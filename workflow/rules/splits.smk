@@ -10,7 +10,12 @@ checkpoint split:
         train="results/splits/train.tsv",
         val="results/splits/val.tsv",
         test="results/splits/test.tsv",
-        exclusions="results/splits/exclusions.tsv",
+        exclusions=private_report(
+            "results/splits/exclusions.tsv",
+            caption="../report/split_exclusions.rst",
+            category="Data",
+            labels={"table": "exclusions (splits)"},
+        ),
         summary=report(
             "results/splits/summary.tsv",
             caption="../report/split_summary.rst",

@@ -24,8 +24,20 @@ rule train:
             subcategory="{run}",
             labels={"run": "{run}", "figure": "learning curves"},
         ),
-        predictions_val="results/training/{run}/predictions_val.tsv",
-        predictions_test="results/training/{run}/predictions_test.tsv",
+        predictions_val=private_report(
+            "results/training/{run}/predictions_val.tsv",
+            caption="../report/predictions.rst",
+            category="Evaluation",
+            subcategory="{run}",
+            labels={"run": "{run}", "table": "predictions (validation)"},
+        ),
+        predictions_test=private_report(
+            "results/training/{run}/predictions_test.tsv",
+            caption="../report/predictions.rst",
+            category="Evaluation",
+            subcategory="{run}",
+            labels={"run": "{run}", "table": "predictions (test)"},
+        ),
     log:
         "logs/train/{run}.log",
     benchmark:
