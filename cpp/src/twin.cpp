@@ -14,8 +14,9 @@
 //     re-implemented as scipy's correlate1d does it (double accumulation, symmetric taps,
 //     'reflect' border, float32 result per pass).
 //   - Adam as torch.optim.Adam's single-tensor CPU path (lerp_ for the first moment), mean
-//     cross-entropy, selection on validation macro-AUC or loss with strict improvement and
-//     patience, and the same log.tsv / predictions_*.tsv columns and model.pt keys.
+//     cross-entropy, selection on validation macro-AUC (ties to the lower loss) or loss with
+//     strict improvement and patience, and the same log.tsv / predictions_*.tsv columns and
+//     model.pt keys.
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <fcntl.h>
@@ -31,6 +32,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <optional>
@@ -993,20 +995,26 @@ std::string fixed(double v, int digits) {
   return s.str();
 }
 
-/// trainer.Selection: strict improvement of val macro-AUC (higher) or val loss (lower); the
+/// trainer.Selection: strict improvement of val macro-AUC (higher) or val loss (lower); a tie
+/// in macro-AUC goes to the lower val loss (coarse AUC steps on a small validation split); the
 /// first epoch is always taken; a NaN score never beats a real one.
 struct Selection {
   std::string select_on;
   int64_t patience = 0, best_epoch = 0, since_best = 0;
   double best_score = std::nan("");
+  double best_loss = std::numeric_limits<double>::infinity();
 
   bool update(int64_t epoch, const std::map<std::string, double>& row) {
     const double score = select_on == "auc" ? row.at("val_macro_auc") : -row.at("val_loss");
+    const double loss = row.at("val_loss");
+    const bool tie_won = select_on == "auc" && score == best_score && loss < best_loss;
     const bool improved =
-        best_epoch == 0 || (!std::isnan(score) && (std::isnan(best_score) || score > best_score));
+        best_epoch == 0 ||
+        (!std::isnan(score) && (std::isnan(best_score) || score > best_score || tie_won));
     if (improved) {
       best_epoch = epoch;
       best_score = score;
+      best_loss = loss;
       since_best = 0;
     } else {
       since_best += 1;
