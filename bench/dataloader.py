@@ -27,6 +27,10 @@ volume, so margin-only blurring saves little there. ``pipeline``: the study's lo
 the study's preprocessing hands it (t1-linear's 1 mm 169x208x179 NIfTI, ``--study-shape``)
 against ours on our 1.5 mm cache of the same scans: the data path a user of either pipeline
 actually trains from.
+
+``--train-steps N`` (default 3) then measures the peak host memory of a short training run
+fed by each loader (a ``--width`` 0.25 ClassifierCNN, Adam, N steps after the first batch, the
+same workers): what a training job asks the scheduler for, beside the study's.
 """
 
 from __future__ import annotations
@@ -128,9 +132,8 @@ def _one_thread(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def run_child(kind: str, index: Path, workers: int, batch_size: int, seconds: float) -> dict:
-    """Iterate epochs until ``seconds`` have passed after the first batch; report throughput."""
-    torch.set_num_threads(1)
+def build_loader(kind: str, index: Path, workers: int, batch_size: int) -> DataLoader:
+    """The loader under test: earlyad's on the tensor cache, or the study-like one on NIfTI."""
     table = pd.read_csv(index, sep="\t")
     if kind == "ours":
         from earlyad.train.data import AugmentConfig, CachedVolumes, make_loader
@@ -153,6 +156,13 @@ def run_child(kind: str, index: Path, workers: int, batch_size: int, seconds: fl
             persistent_workers=workers > 0,
             worker_init_fn=_one_thread if workers else None,
         )
+    return loader
+
+
+def run_child(kind: str, index: Path, workers: int, batch_size: int, seconds: float) -> dict:
+    """Iterate epochs until ``seconds`` have passed after the first batch; report throughput."""
+    torch.set_num_threads(1)
+    loader = build_loader(kind, index, workers, batch_size)
     samples, start, epoch = 0, None, 0
     while start is None or time.perf_counter() - start < seconds:
         epoch += 1
@@ -177,6 +187,38 @@ def run_child(kind: str, index: Path, workers: int, batch_size: int, seconds: fl
     }
 
 
+def train_child(
+    kind: str, index: Path, workers: int, batch_size: int, steps: int, width: float
+) -> dict:
+    """A short training run fed by the loader; its peak host memory (main and workers)."""
+    from earlyad.train.model import ClassifierCNN, ModelConfig
+
+    torch.manual_seed(0)
+    model = ClassifierCNN(ModelConfig(width=width))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loader = build_loader(kind, index, workers, batch_size)
+    done, start = 0, time.perf_counter()
+    while done < steps + 1:
+        for batch in loader:  # ours yields (x, label, index), the study's (x, label)
+            x, y = batch[0], batch[1]
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), torch.as_tensor(y))
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if done == steps + 1:
+                break
+    elapsed = time.perf_counter() - start
+    del loader
+    return {
+        "kind": kind,
+        "steps": done,
+        "seconds": elapsed,
+        "peak_rss_main_mb": _peak_rss_mb(),
+        "peak_rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=16, help="number of scans")
@@ -193,9 +235,21 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per loader")
+    parser.add_argument(
+        "--train-steps", type=int, default=3, help="steps of the memory run (0: skip it)"
+    )
+    parser.add_argument("--width", type=float, default=0.25, help="model width of that run")
     parser.add_argument("--child", choices=["ours", "study"], help=argparse.SUPPRESS)
+    parser.add_argument("--train-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--index", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child and args.train_child:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+        result = train_child(
+            args.child, args.index, args.workers[0], args.batch_size, args.train_steps, args.width
+        )
+        print(json.dumps(result))
+        return
     if args.child:
         result = run_child(args.child, args.index, args.workers[0], args.batch_size, args.seconds)
         print(json.dumps(result))
@@ -233,12 +287,48 @@ def main() -> None:
                 f"{ours / speed[study_grid, 'study']:.1f}x",
                 flush=True,
             )
+        if args.train_steps > 0:
+            workers = args.workers[-1]
+            print(
+                f"peak host memory of a training run (width {args.width:g}, batch "
+                f"{args.batch_size}, {args.train_steps} steps, {workers} workers):"
+            )
+            print(f"{'loader':<20}{'main MB':>10}{'worker MB':>11}{'total MB':>10}")
+            total = {}
+            for kind, idx, grid in runs:
+                r = _run(
+                    kind, idx, workers, args.batch_size, args.seconds, args.train_steps, args.width
+                )
+                worker_mb = r["peak_rss_worker_mb"] if workers else 0.0
+                total[grid, kind] = r["peak_rss_main_mb"] + worker_mb
+                print(
+                    f"{kind + ' ' + grid:<20}{r['peak_rss_main_mb']:>10.0f}{worker_mb:>11.0f}"
+                    f"{total[grid, kind]:>10.0f}",
+                    flush=True,
+                )
+            ours = total[shape, "ours"]
+            print(
+                f"peak memory ours/study: same grid {ours / total[shape, 'study']:.2f}, pipeline "
+                f"{ours / total[study_grid, 'study']:.2f} (main + largest worker)",
+                flush=True,
+            )
 
 
-def _run(kind: str, index: Path, workers: int, batch_size: int, seconds: float) -> dict:
-    """One loader measurement in a fresh subprocess (its own peak RSS)."""
+def _run(
+    kind: str,
+    index: Path,
+    workers: int,
+    batch_size: int,
+    seconds: float,
+    train_steps: int = 0,
+    width: float = 0.25,
+) -> dict:
+    """One loader measurement (or, with ``train_steps``, one training run) in a fresh
+    subprocess, so each has its own peak RSS."""
     cmd = [sys.executable, __file__, "--child", kind, "--index", str(index)]
     cmd += ["--workers", str(workers), "--batch-size", str(batch_size), "--seconds", str(seconds)]
+    if train_steps:
+        cmd += ["--train-child", "--train-steps", str(train_steps), "--width", str(width)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
