@@ -232,7 +232,9 @@ def test_outputs_log_and_predictions(reference_run):
 def test_the_kept_checkpoint_is_the_best_validation_auc_epoch(reference_run):
     result, out = reference_run
     log = pd.read_csv(out / "log.tsv", sep="\t")
-    best = int(log.epoch[log.val_macro_auc.idxmax()])  # first epoch reaching the maximum
+    # the highest val macro-AUC; among epochs tied on it, the lowest val loss (then the first)
+    tied = log[log.val_macro_auc == log.val_macro_auc.max()]
+    best = int(tied.epoch[tied.val_loss.idxmin()])
     ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == result.best_epoch == best
     assert ckpt["val_metrics"]["val_macro_auc"] == log.val_macro_auc.max()
