@@ -199,6 +199,30 @@ def test_cached_volumes_load_validate_and_memory_map(tmp_path):
     ]
 
 
+def _resident_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        first = line.split()[0]
+        if "-" in first and not first.endswith(":"):  # a mapping's header line
+            inside = line.endswith(str(path))
+        elif inside and first == "Rss:":
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_validation_does_not_leave_the_volumes_resident(tmp_path):
+    """Validation reads every voxel; the pages must leave the resident set afterwards, or a
+    2,000-scan cache shows up as gigabytes of MaxRSS in Slurm and the scaling table."""
+    index = _write_index(tmp_path, [_volume((64, 64, 64), s) for s in range(2)])
+    vols = CachedVolumes(index, crop=20)
+    path = Path(vols.records.path[0])
+    assert _resident_kb(path) < 64  # of a 512 kB volume, at most the header page stays
+    np.testing.assert_array_equal(vols[0], np.load(path))  # and the data still reads right
+    assert _resident_kb(path) >= 256
+
+
 def test_relative_paths_are_resolved_against_the_working_directory(tmp_path, monkeypatch):
     index = _write_index(tmp_path, [_volume((24, 25, 26))])
     df = pd.read_csv(index, sep="\t")
