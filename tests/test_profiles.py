@@ -3,17 +3,15 @@ cluster names live only in profiles/."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+from test_workflow import snakemake
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 PROFILES = REPO / "profiles"
 GPU_RULES = ("train", "gradcam", "scaling_train")
 
@@ -34,20 +32,9 @@ def study_config(tmp_path: Path) -> Path:
 
 
 def snakemake_meluxina(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    cmd = [
-        str(BIN / "snakemake"),
-        "-s",
-        str(REPO / "Snakefile"),
-        "--profile",
-        str(PROFILES / "meluxina"),
-        "--configfile",
-        str(study_config(tmp_path)),
-        *args,
-    ]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
+    profile_args = ["--profile", str(PROFILES / "meluxina")]
+    config_args = ["--configfile", str(study_config(tmp_path))]
+    return snakemake(tmp_path, *profile_args, *config_args, *args, cores=None)
 
 
 def test_meluxina_profile_passes_lint(tmp_path):

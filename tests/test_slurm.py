@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_workflow import snakemake
 
 from earlyad.tables import read_tsv
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 SCRIPTS = REPO / "tests" / "slurm"
 
 
@@ -89,26 +89,21 @@ def test_local_slurm_profile_puts_cpu_rules_on_cpu_and_training_on_gpu(
     forced = [f"results/normalized/{r.participant_id}/{r.session_id}" for r in scans.itertuples()]
     run_name = config["training"]["grid"][0]["name"]
 
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    cmd = [
-        str(BIN / "snakemake"),
-        "-s",
-        str(REPO / "Snakefile"),
-        "--profile",
-        str(REPO / "profiles" / "local-slurm"),
-        "--configfile",
-        str(work / "config.yaml"),
-        "--forcerun",
-        *forced,
-    ]
     started = time.time()
     try:
-        proc = subprocess.run(
-            ["timeout", "900", *cmd], cwd=work, env=env, capture_output=True, text=True
+        snakemake(
+            work,
+            "--profile",
+            str(REPO / "profiles" / "local-slurm"),
+            "--configfile",
+            str(work / "config.yaml"),
+            "--forcerun",
+            *forced,
+            cores=None,
+            timeout=900,
         )
     finally:
         jobs = slurm_jobs(work)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-8000:]}"
 
     by_comment = {job.get("Comment", ""): job for job in jobs}
     assert all(job["JobState"] == "COMPLETED" for job in jobs), jobs

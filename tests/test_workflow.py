@@ -32,11 +32,24 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run snakemake from the repo's Snakefile in ``workdir`` with the venv's tools on PATH."""
+def snakemake(
+    workdir: Path,
+    *args: str,
+    check: bool = True,
+    cores: int | None = 2,
+    timeout: int | None = None,
+) -> subprocess.CompletedProcess:
+    """Run snakemake from the repo's Snakefile in ``workdir`` with the venv's tools on PATH.
+
+    ``cores=None`` leaves the cores to a ``--profile``; ``timeout`` (seconds) wraps the run in
+    coreutils' ``timeout``, so a hung cluster run fails instead of hanging the suite.
+    """
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--cores", "2", *args]
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile")]
+    cmd += ["--cores", str(cores)] if cores is not None else []
+    cmd += list(args)
+    wrapped = ["timeout", str(timeout), *cmd] if timeout is not None else cmd
+    proc = subprocess.run(wrapped, cwd=workdir, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
