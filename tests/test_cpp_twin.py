@@ -110,7 +110,7 @@ def test_non_cubic_crop_offsets_follow_the_same_axes(apps, tmp_path):
     ("offset", "sigma"),
     [((0, 0, 0), 0.0), ((2, 3, 4), 0.3), ((0, 5, 6), 1.5), ((4, 0, 6), 0.9), ((1, 2, 3), 1.49)],
 )
-def test_crop_and_blur_matches_scipy_path(apps, tmp_path, offset, sigma):
+def test_crop_and_blur_matches_the_python_path_bitwise(apps, tmp_path, offset, sigma):
     rng = np.random.default_rng(1)
     volume = rng.random((100, 101, 102), dtype=np.float32).astype(np.float16)
     np.save(tmp_path / "v.npy", volume)
@@ -119,7 +119,7 @@ def test_crop_and_blur_matches_scipy_path(apps, tmp_path, offset, sigma):
             tmp_path / "s.pt")  # fmt: skip
     got = load(tmp_path / "s.pt")["sample"].numpy()
     assert got.shape == expected.shape == (96, 96, 96)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(got, expected)  # the same ATen ops in the same order
 
 
 def test_plan_is_the_loaders_draws(tmp_path):

@@ -10,9 +10,9 @@
 //   - Augmentation: the crop offsets, blur sigmas and epoch orders are NOT drawn here. numpy's
 //     seeded generators (SeedSequence + PCG64) draw them in Python, and `earlyad plan-epochs`
 //     writes them to a plan TSV that train_app reads; one source of randomness, so the two
-//     implementations see the same samples in the same order. The margin-only Gaussian blur is
-//     re-implemented as scipy's correlate1d does it (double accumulation, symmetric taps,
-//     'reflect' border, float32 result per pass).
+//     implementations see the same samples in the same order. The margin-only Gaussian blur
+//     (scipy's taps and 'reflect' border) is the same sequence of LibTorch shift-and-add ops
+//     as data._blur_axis, so the two agree bitwise.
 //   - Adam as torch.optim.Adam's single-tensor CPU path (lerp_ for the first moment), mean
 //     cross-entropy, selection on validation macro-AUC (ties to the lower loss) or loss with
 //     strict improvement and patience, and the same log.tsv / predictions_*.tsv columns and
@@ -301,49 +301,29 @@ std::vector<double> gaussian_kernel1d(double sigma, int64_t radius) {
   return phi;
 }
 
-/// Fold index i into [0, n) as scipy's 'reflect' mode extends an axis (d c b a | a b c d).
-int64_t reflect(int64_t i, int64_t n) {
-  const int64_t period = 2 * n;
-  i %= period;
-  if (i < 0) i += period;
-  return i < n ? i : period - 1 - i;
-}
-
-/// scipy.ndimage.correlate1d of a float32 volume along `axis` with symmetric taps: the line
-/// extended by reflection, each output summed in double in scipy's order (centre tap, then
-/// (left + right) pairs from the outermost in), stored as float32. The volume is walked as
-/// (outer, n, inner) rows so that every pass reads memory contiguously; each output voxel's
-/// arithmetic is the same as scipy's whatever the walk order.
-torch::Tensor correlate1d(const torch::Tensor& in, int64_t axis, const std::vector<double>& w) {
+/// data._blur_axis: one 1D Gaussian pass along `axis` that keeps only the `crop` positions from
+/// `start`, as 2r + 1 multiply-adds of shifted views with the same LibTorch ops in the same
+/// order as Python, so both run the same ATen kernels and agree bitwise. Where the region stops
+/// short of r voxels around the crop it ends at the volume's edge, and the missing voxels are
+/// filled by scipy's 'reflect' rule (d c b a | a b c d).
+torch::Tensor blur_axis(torch::Tensor x, int64_t axis, int64_t start, int64_t crop,
+                        const std::vector<double>& w) {
   const int64_t r = static_cast<int64_t>(w.size() / 2);
-  torch::Tensor src = in.contiguous();
-  torch::Tensor out = torch::empty_like(src);
-  const int64_t n = src.size(axis);
-  const int64_t inner = src.stride(axis);
-  const int64_t outer = src.numel() / (n * inner);
-  const float* s = src.data_ptr<float>();
-  float* d = out.data_ptr<float>();
-  const double* fw = w.data() + r;  // centre tap
-  std::vector<int64_t> idx(n + 2 * r);  // extended position -> source position
-  for (int64_t i = -r; i < n + r; ++i) idx[i + r] = reflect(i, n);
-  const int64_t* at = idx.data() + r;
-  std::vector<double> acc(inner);
-  for (int64_t o = 0; o < outer; ++o) {
-    const float* plane = s + o * n * inner;
-    float* target = d + o * n * inner;
-    for (int64_t i = 0; i < n; ++i) {
-      const float* centre = plane + i * inner;
-      for (int64_t k = 0; k < inner; ++k) acc[k] = static_cast<double>(centre[k]) * fw[0];
-      for (int64_t j = -r; j < 0; ++j) {
-        const float* left = plane + at[i + j] * inner;
-        const float* right = plane + at[i - j] * inner;
-        const double wj = fw[j];
-        for (int64_t k = 0; k < inner; ++k)
-          acc[k] += (static_cast<double>(left[k]) + static_cast<double>(right[k])) * wj;
-      }
-      float* row = target + i * inner;
-      for (int64_t k = 0; k < inner; ++k) row[k] = static_cast<float>(acc[k]);
-    }
+  const int64_t n = x.size(axis);
+  const int64_t pad_lo = std::max<int64_t>(0, r - start);
+  const int64_t pad_hi = std::max<int64_t>(0, start + crop + r - n);
+  if (pad_lo > 0 || pad_hi > 0) {
+    std::vector<torch::Tensor> parts;
+    if (pad_lo > 0) parts.push_back(x.narrow(axis, 0, pad_lo).flip({axis}));
+    parts.push_back(x);
+    if (pad_hi > 0) parts.push_back(x.narrow(axis, n - pad_hi, pad_hi).flip({axis}));
+    x = torch::cat(parts, axis);
+    start += pad_lo;
+  }
+  torch::Tensor out = x.narrow(axis, start, crop) * w[r];
+  for (int64_t j = 1; j <= r; ++j) {
+    out.add_(x.narrow(axis, start - j, crop), w[r - j]);
+    out.add_(x.narrow(axis, start + j, crop), w[r + j]);
   }
   return out;
 }
@@ -371,9 +351,9 @@ torch::Tensor crop_and_blur(const torch::Tensor& volume, const Offset& offset, d
   }
   const auto taps = gaussian_kernel1d(sigma, r);
   for (int64_t ax = 0; ax < 3; ++ax) {
-    region = correlate1d(region, ax, taps).narrow(ax, starts[ax], crop).contiguous();
+    region = blur_axis(region, ax, starts[ax], crop, taps);
   }
-  return region;
+  return region.contiguous();
 }
 
 Offset centre_offset(const torch::Tensor& volume, int64_t crop) {

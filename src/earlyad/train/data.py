@@ -8,10 +8,10 @@ cropping 96^3 out of it. Here the preprocessing stage has already written one cl
 1. a random 96^3 crop (REFERENCE.md, augmentation), read straight from a memory map;
 2. with probability 0.5, a Gaussian blur with sigma ~ U[0, 1.5] computed only on the crop plus
    a margin of one kernel radius on each side (clipped at the volume border). Blurring that
-   region with scipy's ``mode='reflect'`` and cropping it back gives exactly what blurring the
-   whole volume and then cropping gives: away from the border the margin holds every voxel
-   the kernel reaches, and at the border the region's edge IS the volume's edge, so the
-   reflection happens at the same place. The kernel radius is scipy's,
+   region with scipy's kernel and ``mode='reflect'`` and cropping it back gives what blurring
+   the whole volume and then cropping gives (to float32 rounding): away from the border the
+   margin holds every voxel the kernel reaches, and at the border the region's edge IS the
+   volume's edge, so the reflection happens at the same place. The kernel radius is scipy's,
    ``int(truncate * sigma + 0.5)``, with scipy's default ``truncate = 4`` (what a plain
    ``gaussian_filter(volume, sigma)`` call, as in the study's loader, uses); with
    ``truncate = 3`` the radius is at most ``ceil(3 sigma)``.
@@ -24,8 +24,8 @@ and the epoch's order from one seeded by (seed, epoch): the batches are the same
 number of loader workers, and a resumed run sees exactly the samples an uninterrupted one does.
 
 Two loaders share these rules: :class:`CpuLoader` (a torch ``DataLoader`` with worker
-processes, scipy blur) and :class:`ResidentLoader`, which keeps a whole split on the model's
-device as float16 and crops and blurs there with a separable conv3d
+processes, a shift-and-add blur on the CPU) and :class:`ResidentLoader`, which keeps a whole
+split on the model's device as float16 and crops and blurs there with a separable conv3d
 (:func:`crop_and_blur_torch`); :func:`make_loader` picks the resident one on CUDA.
 """
 
@@ -43,7 +43,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
-from scipy.ndimage import gaussian_filter1d
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from earlyad import CLASSES
@@ -322,23 +321,57 @@ def gaussian_kernel1d(sigma: float, radius: int) -> NDArray[np.float64]:
     return phi / phi.sum()
 
 
-def _to_float32(block: np.ndarray) -> NDArray[np.float32]:
-    """A float32 copy. Through torch: numpy's float16 -> float32 cast is scalar code, about ten
-    times slower (1.7 ms against 0.15 ms for a 96^3 crop), and the values are the same."""
+def _to_float32(block: np.ndarray) -> torch.Tensor:
+    """A float32 copy, as a tensor. Through torch: numpy's float16 -> float32 cast is scalar
+    code, about ten times slower (1.7 ms against 0.15 ms for a 96^3 crop); same values."""
     if block.dtype != np.float16:
-        return np.array(block, dtype=np.float32)
-    return torch.from_numpy(np.array(block)).float().numpy()
+        return torch.from_numpy(np.array(block, dtype=np.float32))
+    return torch.from_numpy(np.array(block)).float()
+
+
+def _blur_axis(
+    x: torch.Tensor, axis: int, start: int, crop: int, weights: NDArray[np.float64]
+) -> torch.Tensor:
+    """One 1D Gaussian pass along ``axis`` that returns only the ``crop`` positions from
+    ``start``: ``sum_j w_j * x[i + j - r]``, as 2r + 1 in-place multiply-adds of shifted views.
+
+    Where the region stops short of ``r`` voxels around the crop it ends at the volume's edge
+    (the caller clips only there), so the missing voxels are filled by scipy's 'reflect' rule
+    (d c b a | a b c d), which puts the reflection exactly where a whole-volume filter puts it.
+
+    Why not scipy: ``gaussian_filter1d`` converts every line to float64 and back and filters
+    the margin rows of the output too; this is about four times faster on a 96^3 crop (4.7 ms
+    against 18.6 ms at sigma 1.5, one thread) and agrees to float32 rounding (~2e-7). torch's
+    kernels also release the GIL.
+    """
+    r = (len(weights) - 1) // 2
+    n = x.shape[axis]
+    pad_lo = max(0, r - start)
+    pad_hi = max(0, start + crop + r - n)
+    if pad_lo or pad_hi:
+        parts = [x.narrow(axis, 0, pad_lo).flip(axis)] if pad_lo else []
+        parts.append(x)
+        if pad_hi:
+            parts.append(x.narrow(axis, n - pad_hi, pad_hi).flip(axis))
+        x = torch.cat(parts, dim=axis)
+        start += pad_lo
+    out = x.narrow(axis, start, crop) * float(weights[r])
+    for j in range(1, r + 1):
+        out.add_(x.narrow(axis, start - j, crop), alpha=float(weights[r - j]))
+        out.add_(x.narrow(axis, start + j, crop), alpha=float(weights[r + j]))
+    return out
 
 
 def crop_and_blur(
     volume: np.ndarray, params: SampleParams, crop: int, truncate: float = 4.0
 ) -> NDArray[np.float32]:
     """The ``crop^3`` float32 sample: the crop at ``params.offset`` of the volume blurred with
-    ``params.sigma`` (scipy, ``mode='reflect'``), computed on the crop plus its margin only.
+    ``params.sigma`` (scipy's kernel and ``mode='reflect'``), computed on the crop plus its
+    margin only.
 
-    The three 1D passes shrink the region as they go (after filtering axis 0 only the crop's
-    rows along axis 0 are needed), which is exact because each pass only mixes voxels along its
-    own axis, and saves a fifth of the work.
+    The three 1D passes (:func:`_blur_axis`) shrink the region as they go (after filtering
+    axis 0 only the crop's rows along axis 0 are needed), which is exact because each pass
+    only mixes voxels along its own axis.
     """
     r = kernel_radius(params.sigma, truncate)
     lo = [max(0, o - r) for o in params.offset]
@@ -348,16 +381,12 @@ def crop_and_blur(
     if r == 0:
         s = starts
         return np.ascontiguousarray(
-            region[s[0] : s[0] + crop, s[1] : s[1] + crop, s[2] : s[2] + crop]
+            region[s[0] : s[0] + crop, s[1] : s[1] + crop, s[2] : s[2] + crop].numpy()
         )
+    weights = gaussian_kernel1d(params.sigma, r)
     for axis in range(3):
-        region = gaussian_filter1d(
-            region, params.sigma, axis=axis, mode="reflect", truncate=truncate
-        )
-        keep = [slice(None)] * 3
-        keep[axis] = slice(starts[axis], starts[axis] + crop)
-        region = region[tuple(keep)]
-    return np.ascontiguousarray(region)
+        region = _blur_axis(region, axis, starts[axis], crop, weights)
+    return np.ascontiguousarray(region.numpy())
 
 
 # --------------------------------------------------------------------------- blur, torch
@@ -489,7 +518,7 @@ def _worker_init(_: int) -> None:
 
 
 class CpuLoader:
-    """A torch DataLoader over :class:`AugmentedVolumes` (scipy blur in worker processes).
+    """A torch DataLoader over :class:`AugmentedVolumes` (crop and blur in worker processes).
 
     Args:
         volumes: the split.
