@@ -13,6 +13,7 @@ from scipy.ndimage import gaussian_filter
 
 from earlyad.train.data import (
     AugmentConfig,
+    AugmentedVolumes,
     CachedVolumes,
     SampleParams,
     centre_offset,
@@ -221,6 +222,25 @@ def test_validation_does_not_leave_the_volumes_resident(tmp_path):
     assert _resident_kb(path) < 64  # of a 512 kB volume, at most the header page stays
     np.testing.assert_array_equal(vols[0], np.load(path))  # and the data still reads right
     assert _resident_kb(path) >= 256
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_a_loader_process_keeps_at_most_its_budget_of_scans_resident(tmp_path):
+    """Each worker reads every scan once an epoch; without a bound its RSS grows to the whole
+    cache, which Slurm and Snakemake's benchmarks add up over the workers."""
+    index = _write_index(tmp_path, [_volume((64, 64, 64), s) for s in range(4)])  # 512 kB each
+    vols = CachedVolumes(index, crop=60)
+    paths = [Path(p) for p in vols.records.path]
+    data = AugmentedVolumes(vols, AugmentConfig(crop=60), seed=0, train=False)
+    for i in range(4):
+        data[0, i]
+    assert all(_resident_kb(p) >= 256 for p in paths)  # under the 512 MB default: all kept
+    small = AugmentedVolumes(vols, AugmentConfig(crop=60), 0, False, resident_budget=1200_000)
+    for i in range(4):
+        expected = data[0, i][0]
+        torch.testing.assert_close(small[0, i][0], expected, rtol=0, atol=0)
+    # scans 0-2 passed the 1.2 MB budget at scan 2 and were released; scan 3 is mapped in
+    assert [_resident_kb(p) < 64 for p in paths] == [True, True, True, False]
 
 
 def test_relative_paths_are_resolved_against_the_working_directory(tmp_path, monkeypatch):
