@@ -28,9 +28,15 @@ the study's preprocessing hands it (t1-linear's 1 mm 169x208x179 NIfTI, ``--stud
 against ours on our 1.5 mm cache of the same scans: the data path a user of either pipeline
 actually trains from.
 
-``--train-steps N`` (default 3) then measures the peak host memory of a short training run
-fed by each loader (a ``--width`` 0.25 ClassifierCNN, Adam, N steps after the first batch, the
-same workers): what a training job asks the scheduler for, beside the study's.
+``--train-steps N`` (default 8) then measures the peak host memory of a short training run
+fed by each loader (a ``--width`` 0.0625 ClassifierCNN, Adam, N steps after the first batch,
+the same workers): what a training job asks the scheduler for, beside the study's. The net is
+narrow because on CPU its activations are host memory and would bury the loaders'
+difference; on the GPU the study trained on, they are not. The parent samples the run's
+whole process tree every 20 ms and keeps the peak of two sums: PSS, the memory the job
+really occupies (a page shared by k processes counts 1/k in each), and RSS, what
+process-summing accounting (Slurm's jobacct_gather/linux, Snakemake's ``max_rss``) reports,
+in which every worker counts the pages it shares with the training process again.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import psutil
 import torch
 from scipy.ndimage import gaussian_filter
 from torch.utils.data import DataLoader, Dataset
@@ -236,9 +243,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per loader")
     parser.add_argument(
-        "--train-steps", type=int, default=3, help="steps of the memory run (0: skip it)"
+        "--train-steps", type=int, default=8, help="steps of the memory run (0: skip it)"
     )
-    parser.add_argument("--width", type=float, default=0.25, help="model width of that run")
+    parser.add_argument(
+        "--width",
+        type=float,
+        default=0.0625,
+        help="model width of that run (small: on a GPU the activations are not host memory)",
+    )
     parser.add_argument("--child", choices=["ours", "study"], help=argparse.SUPPRESS)
     parser.add_argument("--train-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--index", type=Path, help=argparse.SUPPRESS)
@@ -293,25 +305,30 @@ def main() -> None:
                 f"peak host memory of a training run (width {args.width:g}, batch "
                 f"{args.batch_size}, {args.train_steps} steps, {workers} workers):"
             )
-            print(f"{'loader':<20}{'main MB':>10}{'worker MB':>11}{'total MB':>10}")
-            total = {}
+            print(
+                f"{'loader':<20}{'main MB':>10}{'worker MB':>11}{'peak PSS MB':>13}"
+                f"{'peak RSS sum MB':>17}"
+            )
+            pss, rss = {}, {}
             for kind, idx, grid in runs:
                 r = _run(
                     kind, idx, workers, args.batch_size, args.seconds, args.train_steps, args.width
                 )
                 worker_mb = r["peak_rss_worker_mb"] if workers else 0.0
-                total[grid, kind] = r["peak_rss_main_mb"] + worker_mb
+                pss[grid, kind], rss[grid, kind] = r["tree_pss_mb"], r["tree_rss_mb"]
                 print(
                     f"{kind + ' ' + grid:<20}{r['peak_rss_main_mb']:>10.0f}{worker_mb:>11.0f}"
-                    f"{total[grid, kind]:>10.0f}",
+                    f"{r['tree_pss_mb']:>13.0f}{r['tree_rss_mb']:>17.0f}",
                     flush=True,
                 )
-            ours = total[shape, "ours"]
-            print(
-                f"peak memory ours/study: same grid {ours / total[shape, 'study']:.2f}, pipeline "
-                f"{ours / total[study_grid, 'study']:.2f} (main + largest worker)",
-                flush=True,
-            )
+            for name, peak in (("PSS", pss), ("RSS sum", rss)):
+                ours = peak[shape, "ours"]
+                print(
+                    f"peak memory ours/study ({name}, all processes): same grid "
+                    f"{ours / peak[shape, 'study']:.2f}, pipeline "
+                    f"{ours / peak[study_grid, 'study']:.2f}",
+                    flush=True,
+                )
 
 
 def _run(
@@ -321,16 +338,47 @@ def _run(
     batch_size: int,
     seconds: float,
     train_steps: int = 0,
-    width: float = 0.25,
+    width: float = 0.0625,
 ) -> dict:
     """One loader measurement (or, with ``train_steps``, one training run) in a fresh
     subprocess, so each has its own peak RSS."""
     cmd = [sys.executable, __file__, "--child", kind, "--index", str(index)]
     cmd += ["--workers", str(workers), "--batch-size", str(batch_size), "--seconds", str(seconds)]
-    if train_steps:
-        cmd += ["--train-child", "--train-steps", str(train_steps), "--width", str(width)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    if not train_steps:
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+    cmd += ["--train-child", "--train-steps", str(train_steps), "--width", str(width)]
+    with tempfile.TemporaryFile("w+") as stdout:
+        child = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        peak_rss = peak_pss = 0.0
+        while child.poll() is None:
+            rss, pss = _tree_memory_mb(child.pid)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            time.sleep(0.02)
+        if child.returncode:
+            raise subprocess.CalledProcessError(child.returncode, cmd, stderr=child.stderr.read())
+        stdout.seek(0)
+        result = json.loads(stdout.read().strip().splitlines()[-1])
+    return {**result, "tree_rss_mb": peak_rss, "tree_pss_mb": peak_pss}
+
+
+def _tree_memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS sum, PSS sum) in MB over process ``pid`` and its descendants right now; a process
+    that exits while being read is skipped."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0, 0.0
+    rss = pss = 0
+    for p in procs:
+        try:
+            info = p.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        rss += info.rss
+        pss += info.pss
+    return rss / 2**20, pss / 2**20
 
 
 if __name__ == "__main__":
