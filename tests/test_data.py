@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
@@ -306,14 +307,18 @@ def _epoch(loader, epoch: int) -> list:
     return list(loader)
 
 
-def test_batches_do_not_depend_on_the_number_of_workers(small_split):
+@pytest.mark.parametrize(
+    ("batch_size", "workers"),
+    [(4, 2), (1, 2), (1, 1)],  # batch 1: 6 batches an epoch go round the 5- and 3-slot rings
+)
+def test_batches_do_not_depend_on_the_number_of_workers(small_split, batch_size, workers):
     cfg = AugmentConfig(crop=16, blur_p=0.7)
-    kw = dict(seed=3, train=True, batch_size=4)
+    kw = dict(seed=3, train=True, batch_size=batch_size)
     serial = make_loader(small_split, cfg, num_workers=0, **kw)
-    parallel = make_loader(small_split, cfg, num_workers=2, **kw)
+    parallel = make_loader(small_split, cfg, num_workers=workers, **kw)
     for epoch in (1, 2):
-        a, b = _epoch(serial, epoch), _epoch(parallel, epoch)
-        assert len(a) == len(b) == 2
+        a, b = _epoch(serial, epoch), _epoch(parallel, epoch)  # every batch held at once
+        assert len(a) == len(b) == math.ceil(6 / batch_size)
         for (xa, ya, ia), (xb, yb, ib) in zip(a, b, strict=True):
             assert torch.equal(ia, ib) and torch.equal(ya, yb) and torch.equal(xa, xb)
     assert not torch.equal(_epoch(serial, 1)[0][0], _epoch(serial, 2)[0][0])

@@ -315,6 +315,23 @@ def test_sigterm_stops_non_zero_and_the_run_resumes(reference_run, tiny_index, t
     _assert_same_weights(ref_out / "model.pt", out / "model.pt")
 
 
+def test_only_the_training_loader_has_worker_processes(tiny_index, tmp_path, monkeypatch):
+    """Evaluation crops are cheap and unblurred: they load in the training process, so a run
+    with N workers has N worker processes, not N for each of four loaders."""
+    import earlyad.train.trainer as trainer_module
+
+    seen: list[tuple[bool, int]] = []
+    real = trainer_module.make_loader
+
+    def spy(volumes, config, **kw):
+        seen.append((kw["train"], kw["num_workers"]))
+        return real(volumes, config, **kw)
+
+    monkeypatch.setattr(trainer_module, "make_loader", spy)
+    train(tiny_index, tmp_path / "out", tmp_path / "state", replace(TINY, epochs=1, num_workers=2))
+    assert sorted(seen) == [(False, 0), (False, 0), (False, 0), (True, 2)]
+
+
 def test_a_finished_run_is_not_retrained_and_other_settings_start_fresh(
     reference_run, tiny_index, tmp_path, capsys
 ):
