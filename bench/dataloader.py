@@ -37,6 +37,13 @@ whole process tree every 20 ms and keeps the peak of two sums: PSS, the memory t
 really occupies (a page shared by k processes counts 1/k in each), and RSS, what
 process-summing accounting (Slurm's jobacct_gather/linux, Snakemake's ``max_rss``) reports,
 in which every worker counts the pages it shares with the training process again.
+
+Last, the training step the loader feeds: on CUDA (``--step-device auto`` finds it), the
+trainer's own ``train_step`` (bf16 autocast, channels_last_3d, cudnn autotuning) on the
+full-width model at batch 36, with its achieved TFLOP/s against the GPU's dense bf16 peak
+(``earlyad.train.flops``: 0.6 TFLOP per training sample). ``--step-device cpu`` times it on
+the CPU instead (pick ``--step-width`` and ``--step-batch`` to fit); ``--step-only`` skips
+the loader measurements.
 """
 
 from __future__ import annotations
@@ -251,6 +258,16 @@ def main() -> None:
         default=0.0625,
         help="model width of that run (small: on a GPU the activations are not host memory)",
     )
+    parser.add_argument(
+        "--step-device",
+        choices=["auto", "cuda", "cpu", "none"],
+        default="auto",
+        help="where to time a training step (auto: CUDA when there is one, else skip it)",
+    )
+    parser.add_argument("--step-width", type=float, default=1.0, help="model width of the step")
+    parser.add_argument("--step-batch", type=int, default=36, help="batch size of the step")
+    parser.add_argument("--step-steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--step-only", action="store_true", help="only time the training step")
     parser.add_argument("--child", choices=["ours", "study"], help=argparse.SUPPRESS)
     parser.add_argument("--train-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--index", type=Path, help=argparse.SUPPRESS)
@@ -267,6 +284,13 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    if not args.step_only:
+        loader_benchmarks(args)
+    step_benchmark(args)
+
+
+def loader_benchmarks(args: argparse.Namespace) -> None:
+    """Throughput of both loaders per worker count, then the memory of a training run."""
     shape = "x".join(map(str, args.shape))
     print(
         f"{args.n} scans, crop {CROP}^3, blur p=0.5 sigma~U[0,1.5], batch "
@@ -329,6 +353,61 @@ def main() -> None:
                     f"{ours / peak[study_grid, 'study']:.2f}",
                     flush=True,
                 )
+
+
+def step_benchmark(args: argparse.Namespace) -> None:
+    """Time the trainer's step on ``--step-device`` and print its achieved TFLOP/s."""
+    from earlyad.train.flops import bf16_peak_tflops, training_flops_per_sample
+    from earlyad.train.model import ClassifierCNN, ModelConfig
+    from earlyad.train.trainer import train_step
+
+    choice = args.step_device
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "none"
+    if choice == "none":
+        print("training step: no CUDA device here, not timed (--step-device cpu times it on CPU)")
+        return
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--step-device cuda: torch sees no CUDA device")
+    device = torch.device(choice)
+    config = ModelConfig(width=args.step_width)
+    torch.manual_seed(0)
+    model = ClassifierCNN(config)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the trainer does: fixed input, autotuned
+        model = model.to(device, memory_format=torch.channels_last_3d)
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU, {torch.get_num_threads()} threads"
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.0018)
+    size = config.input_size
+    x = torch.rand((args.step_batch, 1, size, size, size), device=device)
+    y = torch.arange(args.step_batch, device=device) % 3
+    times = []
+    for i in range(args.step_steps + 2):  # two untimed: allocation and cudnn autotuning
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        train_step(model, optimizer, x, y, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    seconds = float(np.median(times))
+    work = training_flops_per_sample(config) * args.step_batch
+    achieved = work / seconds / 1e12
+    print(
+        f"training step on {name}: width {args.step_width:g}, batch {args.step_batch}, "
+        f"{'bf16 autocast' if device.type == 'cuda' else 'float32'}: median {seconds:.4f} s "
+        f"over {len(times)} steps, {args.step_batch / seconds:.1f} samples/s, "
+        f"{work / 1e12:.3f} TFLOP per step, {achieved:.3f} TFLOP/s achieved",
+        flush=True,
+    )
+    peak = bf16_peak_tflops(name) if device.type == "cuda" else None
+    if peak:
+        print(f"  {achieved / peak:.1%} of the {peak:g} TFLOP/s dense bf16 peak of the {name}")
+    elif device.type == "cuda":
+        print(f"  the bf16 peak of the {name} is not in earlyad.train.flops.BF16_PEAK_TFLOPS")
 
 
 def _run(

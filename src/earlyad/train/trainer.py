@@ -416,6 +416,24 @@ def evaluate(
     return (total / n if n else float("nan")), probs, labels
 
 
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
+    """One optimisation step on a batch (bf16 autocast and channels_last_3d on CUDA); returns
+    the loss. Shared with ``bench/dataloader.py --step``, which times exactly this."""
+    with _autocast(device):
+        logits = model(_to_device(x, device))
+    loss = F.cross_entropy(logits.float(), y.to(device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def _train_epoch(
     model: nn.Module,
     loader: EpochLoader,
@@ -439,12 +457,7 @@ def _train_epoch(
         for x, y, _ in bar:
             if stop.is_set():
                 raise TrainingInterrupted(f"SIGTERM during epoch {epoch}")
-            with _autocast(device):
-                logits = model(_to_device(x, device))
-            loss = F.cross_entropy(logits.float(), y.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(model, optimizer, x, y, device)
             seen += len(y)
             bar.set_postfix(loss=f"{loss.item():.4f}")
     except RuntimeError as err:  # e.g. loader workers killed by the same SIGTERM
