@@ -591,7 +591,9 @@ class CpuLoader:
         num_workers: worker processes (0: load in this process); persistent across epochs.
     """
 
-    PREFETCH = 2
+    #: Batches requested ahead per worker. One is enough: a worker makes a batch in a few
+    #: milliseconds and the model takes far longer over it, and each one more is a ring slot.
+    PREFETCH = 1
 
     def __init__(
         self,
