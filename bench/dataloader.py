@@ -33,10 +33,11 @@ fed by each loader (a ``--width`` 0.0625 ClassifierCNN, Adam, N steps after the 
 the same workers): what a training job asks the scheduler for, beside the study's. The net is
 narrow because on CPU its activations are host memory and would bury the loaders'
 difference; on the GPU the study trained on, they are not. The parent samples the run's
-whole process tree every 20 ms and keeps the peak of two sums: PSS, the memory the job
-really occupies (a page shared by k processes counts 1/k in each), and RSS, what
-process-summing accounting (Slurm's jobacct_gather/linux, Snakemake's ``max_rss``) reports,
-in which every worker counts the pages it shares with the training process again.
+whole process tree every 20 ms and keeps the peak of two sums (median of ``--repeats``
+runs): PSS, the memory the job really occupies (a page shared by k processes counts 1/k in
+each), and RSS, what process-summing accounting (Slurm's jobacct_gather/linux, Snakemake's
+``max_rss``) reports, in which every worker counts the pages it shares with the training
+process again.
 
 Last, the training step the loader feeds: on CUDA (``--step-device auto`` finds it), the
 trainer's own ``train_step`` (bf16 autocast, channels_last_3d, cudnn autotuning) on the
@@ -259,6 +260,9 @@ def main() -> None:
         help="model width of that run (small: on a GPU the activations are not host memory)",
     )
     parser.add_argument(
+        "--repeats", type=int, default=3, help="memory runs per loader (the median is shown)"
+    )
+    parser.add_argument(
         "--step-device",
         choices=["auto", "cuda", "cpu", "none"],
         default="auto",
@@ -327,7 +331,8 @@ def loader_benchmarks(args: argparse.Namespace) -> None:
             workers = args.workers[-1]
             print(
                 f"peak host memory of a training run (width {args.width:g}, batch "
-                f"{args.batch_size}, {args.train_steps} steps, {workers} workers):"
+                f"{args.batch_size}, {args.train_steps} steps, {workers} workers; median of "
+                f"{args.repeats}):"
             )
             print(
                 f"{'loader':<20}{'main MB':>10}{'worker MB':>11}{'peak PSS MB':>13}"
@@ -335,8 +340,15 @@ def loader_benchmarks(args: argparse.Namespace) -> None:
             )
             pss, rss = {}, {}
             for kind, idx, grid in runs:
-                r = _run(
-                    kind, idx, workers, args.batch_size, args.seconds, args.train_steps, args.width
+                r = _median_run(
+                    args.repeats,
+                    kind,
+                    idx,
+                    workers,
+                    args.batch_size,
+                    args.seconds,
+                    args.train_steps,
+                    args.width,
                 )
                 worker_mb = r["peak_rss_worker_mb"] if workers else 0.0
                 pss[grid, kind], rss[grid, kind] = r["tree_pss_mb"], r["tree_rss_mb"]
@@ -439,6 +451,16 @@ def _run(
         stdout.seek(0)
         result = json.loads(stdout.read().strip().splitlines()[-1])
     return {**result, "tree_rss_mb": peak_rss, "tree_pss_mb": peak_pss}
+
+
+def _median_run(repeats: int, *args: object) -> dict:
+    """:func:`_run` ``repeats`` times; the median of every number (a memory peak moves by
+    tens of MB from one run to the next)."""
+    results = [_run(*args) for _ in range(max(1, repeats))]  # type: ignore[arg-type]
+    return {
+        k: float(np.median([r[k] for r in results])) if isinstance(v, int | float) else v
+        for k, v in results[0].items()
+    }
 
 
 def _tree_memory_mb(pid: int) -> tuple[float, float]:
