@@ -410,9 +410,9 @@ def step_benchmark(args: argparse.Namespace) -> None:
     achieved = work / seconds / 1e12
     print(
         f"training step on {name}: width {args.step_width:g}, batch {args.step_batch}, "
-        f"{'bf16 autocast' if device.type == 'cuda' else 'float32'}: median {seconds:.4f} s "
+        f"{'bf16 autocast' if device.type == 'cuda' else 'float32'}: median {seconds:.4g} s "
         f"over {len(times)} steps, {args.step_batch / seconds:.1f} samples/s, "
-        f"{work / 1e12:.3f} TFLOP per step, {achieved:.3f} TFLOP/s achieved",
+        f"{work / 1e12:.4g} TFLOP per step, {achieved:.4g} TFLOP/s achieved",
         flush=True,
     )
     peak = bf16_peak_tflops(name) if device.type == "cuda" else None
