@@ -296,6 +296,13 @@ def epoch_order(seed: int, epoch: int, n: int, shuffle: bool) -> list[int]:
     return [int(i) for i in np.random.default_rng([seed, epoch, _STREAM_SHUFFLE, 0]).permutation(n)]
 
 
+def epoch_batches(seed: int, epoch: int, n: int, shuffle: bool, batch_size: int) -> list[list[int]]:
+    """The epoch's order cut into consecutive batches (the last one may be smaller), as
+    torch's default batching of :class:`EpochSampler` cuts it."""
+    order = epoch_order(seed, epoch, n, shuffle)
+    return [order[s : s + batch_size] for s in range(0, n, batch_size)]
+
+
 def seeded_subset(seed: int, n: int, size: int) -> list[int]:
     """A fixed, sorted subset of ``size`` of ``range(n)`` (all when ``size`` is 0 or >= n)."""
     if size <= 0 or size >= n:
@@ -534,9 +541,6 @@ class _SlotBatches(Dataset[tuple[int, list[int], list[int]]]):
         self.samples = samples
         self.ring = ring
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
     def __getitem__(self, key: tuple[int, int, list[int]]) -> tuple[int, list[int], list[int]]:
         epoch, number, rows = key
         slot = number % len(self.ring)
@@ -556,9 +560,8 @@ class _BatchKeys(Sampler[tuple[int, int, list[int]]]):
         self.epoch = 0
 
     def __iter__(self) -> Iterator[tuple[int, int, list[int]]]:
-        order = epoch_order(self.seed, self.epoch, self.n, self.shuffle)
-        starts = range(0, self.n, self.batch_size)
-        return iter([(self.epoch, k, order[s : s + self.batch_size]) for k, s in enumerate(starts)])
+        batches = epoch_batches(self.seed, self.epoch, self.n, self.shuffle, self.batch_size)
+        return iter([(self.epoch, k, rows) for k, rows in enumerate(batches)])
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.batch_size)
@@ -671,9 +674,8 @@ class ResidentLoader:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[Batch]:
-        order = epoch_order(self.seed, self.epoch, len(self.shapes), self.train)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        n = len(self.shapes)
+        for rows in epoch_batches(self.seed, self.epoch, n, self.train, self.batch_size):
             params = [
                 sample_params(self.seed, self.epoch, i, self.shapes[i], self.config, self.train)
                 for i in rows
